@@ -1,0 +1,76 @@
+"""Atomic output writes: every out is written to a temp path beside it, then renamed into place.
+
+A stage that fails half-way therefore leaves either the previous out or nothing, never a truncated file.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def _tmp_sibling(path: Path, is_dir: bool) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp.chmod(0o755)  # mkdtemp makes 0700; outs should be readable like any other directory
+        return tmp
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(name, 0o644)  # mkstemp makes 0600
+    return Path(name)
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        # os.replace cannot overwrite a non-empty directory: move the old one aside first.
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]:
+    """Yield a temp path to write; on success rename it onto `path`, on error delete it."""
+    path = Path(path)
+    tmp = _tmp_sibling(path, is_dir)
+    try:
+        yield tmp
+        _replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def dumps_json(obj: Any) -> str:
+    """Stable JSON text: sorted keys, UTF-8 kept readable, trailing newline (byte-identical across runs)."""
+    return json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, dumps_json(obj))
+
+
+def write_jsonl(path: str | os.PathLike, records) -> None:
+    lines = [json.dumps(r, ensure_ascii=False, sort_keys=True) for r in records]
+    write_text(path, "".join(line + "\n" for line in lines))

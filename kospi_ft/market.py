@@ -1,0 +1,285 @@
+"""KRX daily bars: the column contract, the partitioned parquet layout, validation and range loading.
+
+Layout (the spec's): `<root>/year=YYYY/month=M/data.parquet`, one file per month, month not zero-padded.
+
+Columns (one row per trading day and ticker):
+
+| column     | type    | meaning                                                            |
+|------------|---------|--------------------------------------------------------------------|
+| date       | date32  | trading day (KST)                                                  |
+| ticker     | string  | 6-digit KRX code, leading zeros kept                               |
+| name       | string  | Korean company name                                                |
+| open       | float64 | open price, KRW (> 0; a halted day repeats the previous close)     |
+| high       | float64 | high price, KRW (>= open, close, low)                              |
+| low        | float64 | low price, KRW (> 0)                                               |
+| close      | float64 | close price, KRW (> 0)                                             |
+| volume     | int64   | shares traded (0 on a trading halt)                                |
+| value      | int64   | trading value, KRW                                                 |
+| market_cap | int64   | close x shares, KRW                                                |
+| shares     | int64   | listed shares                                                      |
+| per        | float64 | price / trailing EPS; NaN or negative for loss-making firms        |
+| pbr        | float64 | price / book value per share; NaN when book value is unknown       |
+
+Integer columns may arrive as any integer type and prices as any numeric type (KRX prices are integers);
+they are cast to the types above on load. Anything else is a `DataValidationError` naming file and column.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from .errors import DataValidationError
+
+SCHEMA = pa.schema([
+    ("date", pa.date32()),
+    ("ticker", pa.string()),
+    ("name", pa.string()),
+    ("open", pa.float64()),
+    ("high", pa.float64()),
+    ("low", pa.float64()),
+    ("close", pa.float64()),
+    ("volume", pa.int64()),
+    ("value", pa.int64()),
+    ("market_cap", pa.int64()),
+    ("shares", pa.int64()),
+    ("per", pa.float64()),
+    ("pbr", pa.float64()),
+])
+COLUMNS = tuple(SCHEMA.names)
+PRICE_COLUMNS = ("open", "high", "low", "close")
+_PARTITIONING = ds.partitioning(pa.schema([("year", pa.int32()), ("month", pa.int32())]), flavor="hive")
+_PART_RE = re.compile(r"^year=(\d{4})/month=(\d{1,2})/[^/]+\.parquet$")
+
+
+@dataclass(frozen=True)
+class MonthRange:
+    """Inclusive (year, month) range used for partition pruning."""
+
+    start: tuple[int, int]
+    end: tuple[int, int]
+
+    @classmethod
+    def from_dates(cls, start: dt.date, end: dt.date) -> "MonthRange":
+        return cls((start.year, start.month), (end.year, end.month))
+
+    def months(self) -> list[tuple[int, int]]:
+        (y, m), out = self.start, []
+        while (y, m) <= self.end:
+            out.append((y, m))
+            y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+        return out
+
+
+def partition_path(root: Path, year: int, month: int) -> Path:
+    return Path(root) / f"year={year}" / f"month={month}" / "data.parquet"
+
+
+def _kind_ok(col: str, typ: pa.DataType) -> bool:
+    if col == "date":
+        return pa.types.is_date(typ) or pa.types.is_timestamp(typ)
+    if col in ("ticker", "name"):
+        return pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_dictionary(typ)
+    if col in ("volume", "value", "market_cap", "shares"):
+        return pa.types.is_integer(typ) or pa.types.is_floating(typ)
+    return pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_null(typ)
+
+
+def check_schema(schema: pa.Schema, file: Path) -> None:
+    """Every contract column present with a compatible type; misnamed columns get a suggestion."""
+    names = set(schema.names)
+    for col in COLUMNS:
+        if col not in names:
+            extra = [n for n in schema.names if n not in COLUMNS]
+            guess = [n for n in extra if col in n.lower()] or difflib.get_close_matches(col, extra, n=1, cutoff=0.5)
+            hint = f" (found {guess[0]!r}: misnamed?)" if guess else ""
+            raise DataValidationError(f"{file}: missing column {col!r}{hint}")
+        typ = schema.field(col).type
+        if not _kind_ok(col, typ):
+            raise DataValidationError(f"{file}: column {col!r} has type {typ}, expected {SCHEMA.field(col).type}")
+
+
+def _cast(table: pa.Table, file: Path) -> pa.Table:
+    cols = []
+    for field in SCHEMA:
+        arr = table.column(field.name)
+        if pa.types.is_dictionary(arr.type):
+            arr = arr.cast(arr.type.value_type)
+        if field.name == "date" and pa.types.is_timestamp(arr.type):
+            arr = pc.cast(arr, pa.date32())
+        if pa.types.is_integer(field.type) and pa.types.is_floating(arr.type):
+            values = arr.to_numpy(zero_copy_only=False)
+            if np.isnan(values).any() or (np.mod(values, 1) != 0).any():
+                raise DataValidationError(f"{file}: column {field.name!r} must hold whole numbers without NaN")
+        try:
+            cols.append(arr.cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+            raise DataValidationError(f"{file}: column {field.name!r} cannot be read as {field.type}: {err}") from None
+    return pa.Table.from_arrays(cols, schema=SCHEMA)
+
+
+def _first_bad(table: pa.Table, mask: np.ndarray) -> str:
+    i = int(np.flatnonzero(mask)[0])
+    return f"{int(mask.sum())} row(s), first at date={table['date'][i].as_py()} ticker={table['ticker'][i].as_py()}"
+
+
+def day_numbers(table: pa.Table) -> np.ndarray:
+    """Days since 1970-01-01 as int32 (date32's storage), without going through Python dates."""
+    return table["date"].cast(pa.int32()).to_numpy(zero_copy_only=False)
+
+
+def ticker_numbers(table: pa.Table) -> np.ndarray:
+    """The 6-digit codes as int32 (valid once check_rows passed): cheap keys for sorting and grouping."""
+    return table["ticker"].cast(pa.int32()).to_numpy(zero_copy_only=False)
+
+
+def check_rows(table: pa.Table, file: Path, year: int | None, month: int | None) -> None:
+    """Row-level contract: positive finite prices, sane OHLC, no duplicate keys, rows inside their partition."""
+    if table.num_rows == 0:
+        return
+    for col in ("date", "ticker", "name", "volume", "value", "market_cap", "shares"):
+        nulls = table.column(col).null_count
+        if nulls:
+            raise DataValidationError(f"{file}: column {col!r} has {nulls} null value(s)")
+    tickers = table["ticker"]
+    ok = pc.and_(pc.equal(pc.utf8_length(tickers), 6), pc.utf8_is_digit(tickers))
+    bad = ~ok.to_numpy(zero_copy_only=False)
+    if bad.any():
+        raise DataValidationError(f"{file}: column 'ticker' must be a 6-digit KRX code: {_first_bad(table, bad)}")
+    for col in PRICE_COLUMNS:
+        values = table[col].to_numpy(zero_copy_only=False)
+        bad = ~np.isfinite(values) | (values <= 0)
+        if bad.any():
+            raise DataValidationError(f"{file}: column {col!r} has NaN or non-positive prices: {_first_bad(table, bad)}")
+    o, h, l, c = (table[col].to_numpy() for col in PRICE_COLUMNS)
+    bad = (h < np.maximum(o, c)) | (l > np.minimum(o, c))
+    if bad.any():
+        raise DataValidationError(f"{file}: columns 'high'/'low' do not bracket open/close: {_first_bad(table, bad)}")
+    for col in ("volume", "value", "shares"):
+        bad = table[col].to_numpy() < 0
+        if bad.any():
+            raise DataValidationError(f"{file}: column {col!r} has negative values: {_first_bad(table, bad)}")
+    days = day_numbers(table)
+    if year is not None:
+        months = days.astype("datetime64[D]").astype("datetime64[M]")
+        bad = months != np.datetime64(f"{year:04d}-{month:02d}", "M")
+        if bad.any():
+            raise DataValidationError(
+                f"{file}: column 'date' has rows outside the partition year={year}/month={month}: {_first_bad(table, bad)}")
+    key = days.astype(np.int64) * 1_000_000 + ticker_numbers(table)
+    order = np.argsort(key, kind="stable")
+    dup = np.zeros(len(key), dtype=bool)
+    dup[order[1:]] = key[order[1:]] == key[order[:-1]]
+    if dup.any():
+        raise DataValidationError(f"{file}: duplicate (date, ticker) rows: {_first_bad(table, dup)}")
+
+
+def sort_by_date_ticker(table: pa.Table) -> pa.Table:
+    """Stable (date, ticker) order via integer keys; a no-op when the rows already are in that order."""
+    key = day_numbers(table).astype(np.int64) * 1_000_000 + ticker_numbers(table)
+    if len(key) < 2 or bool((key[1:] >= key[:-1]).all()):
+        return table
+    return table.take(pa.array(np.argsort(key, kind="stable")))
+
+
+def list_partitions(root: Path) -> list[tuple[int, int, Path]]:
+    """All `year=Y/month=M/*.parquet` files under root, sorted by (year, month, name)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataValidationError(f"{root}: market data directory not found")
+    out = []
+    for path in sorted(root.rglob("*.parquet")):
+        rel = path.relative_to(root).as_posix()
+        m = _PART_RE.match(rel)
+        if not m:
+            raise DataValidationError(f"{path}: not in the layout year=YYYY/month=M/data.parquet")
+        out.append((int(m.group(1)), int(m.group(2)), path))
+    out.sort(key=lambda t: (t[0], t[1], t[2].name))
+    return out
+
+
+def _read_fragment(frag) -> pa.Table:
+    file = Path(frag.path)
+    keys = ds.get_partition_keys(frag.partition_expression)
+    try:
+        check_schema(frag.physical_schema, file)
+        raw = pq.read_table(file, columns=list(COLUMNS), use_threads=False)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataValidationError(f"{file}: unreadable parquet: {err}") from None
+    table = _cast(raw, file)
+    check_rows(table, file, keys.get("year"), keys.get("month"))
+    return table
+
+
+def load_range(root: str | Path, start: dt.date, end: dt.date, progress: bool = False) -> pa.Table:
+    """Validated rows with start <= date <= end, sorted by (date, ticker).
+
+    Only the partitions that can hold the range are opened (pyarrow dataset partition pruning); files are read
+    and validated in parallel threads (Arrow and numpy release the GIL), errors reported in file order.
+    """
+    import concurrent.futures as cf
+    import os
+
+    root = Path(root)
+    files = [p for _, _, p in list_partitions(root)]
+    if not files:
+        raise DataValidationError(f"{root}: no year=YYYY/month=M/*.parquet files found")
+    dataset = ds.dataset([str(f) for f in files], format="parquet", partitioning=_PARTITIONING,
+                         partition_base_dir=str(root))
+    ym = ds.field("year") * 100 + ds.field("month")
+    part_filter = (ym >= start.year * 100 + start.month) & (ym <= end.year * 100 + end.month)
+    fragments = list(dataset.get_fragments(filter=part_filter))
+    if not fragments:
+        raise DataValidationError(f"{root}: no partitions between {start} and {end}")
+    with cf.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        futures = [pool.submit(_read_fragment, f) for f in fragments]
+        it = futures
+        if progress:
+            from tqdm import tqdm
+            it = tqdm(futures, desc="load market", unit="file")
+        tables = [f.result() for f in it]  # in file order, so the first bad file is the one reported
+    table = pa.concat_tables(tables)
+    days = day_numbers(table)
+    lo, hi = (np.datetime64(d, "D").astype(np.int64) for d in (start, end))
+    mask = (days >= lo) & (days <= hi)
+    if not mask.all():
+        table = table.filter(pa.array(mask))
+    if table.num_rows == 0:
+        raise DataValidationError(f"{root}: no rows between {start} and {end} (column 'date')")
+    return sort_by_date_ticker(table)
+
+
+def write_partitions(table: pa.Table, root: str | Path) -> list[Path]:
+    """Write a table in the month-partitioned layout; rows sorted by (date, ticker) for byte-stable files."""
+    root = Path(root)
+    table = sort_by_date_ticker(table)
+    months = day_numbers(table).astype("datetime64[D]").astype("datetime64[M]")
+    written = []
+    uniq, first = np.unique(months, return_index=True)  # rows are month-sorted: each month is one slice
+    bounds = list(first) + [table.num_rows]
+    for k, month in enumerate(uniq):
+        y, m = int(str(month)[:4]), int(str(month)[5:7])
+        part = table.slice(bounds[k], bounds[k + 1] - bounds[k])
+        path = partition_path(root, y, m)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Fixed writer settings and no pandas metadata: same rows -> byte-identical file.
+        pq.write_table(part, path, compression="zstd", use_dictionary=["ticker", "name"],
+                       write_statistics=True, store_schema=False)
+        written.append(path)
+    return written
+
+
+def month_bounds(months: Iterable[tuple[int, int]]) -> tuple[dt.date, dt.date]:
+    months = sorted(months)
+    (y0, m0), (y1, m1) = months[0], months[-1]
+    last = (dt.date(y1 + (m1 == 12), m1 % 12 + 1, 1) - dt.timedelta(days=1))
+    return dt.date(y0, m0, 1), last

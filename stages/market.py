@@ -1,0 +1,87 @@
+"""Stage `market`: write the embedded simulated KRX tree, or validate the user's own tree, into paths.market_dir.
+
+    python -m stages.market                       # params.yaml `market:` section
+    python -m stages.market --source krx          # validate paths.krx_source_dir and copy it normalised
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import re
+from typing import Literal
+
+from pydantic import field_validator
+
+from kospi_ft import atomic, market, params
+from kospi_ft.simulate import SimConfig, simulate
+
+log = logging.getLogger("market")
+
+
+class MarketParams(params.Section):
+    source: Literal["simulate", "krx"]
+    start: str
+    end: str
+    seed: int
+    extra_tickers: int = 0
+
+    @field_validator("start", "end")
+    @classmethod
+    def _month(cls, v: str) -> str:
+        if not re.fullmatch(r"\d{4}-\d{2}", str(v)) or not 1 <= int(str(v)[5:]) <= 12:
+            raise ValueError("must be a month as YYYY-MM")
+        return str(v)
+
+    def months(self) -> market.MonthRange:
+        rng = market.MonthRange((int(self.start[:4]), int(self.start[5:])), (int(self.end[:4]), int(self.end[5:])))
+        if rng.start > rng.end:
+            raise ValueError
+        return rng
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m stages.market", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", choices=["simulate", "krx"], help="simulate the embedded market, or validate your KRX tree")
+    p.add_argument("--start", help="first month, YYYY-MM")
+    p.add_argument("--end", help="last month, YYYY-MM")
+    p.add_argument("--seed", type=int, help="simulator seed")
+    p.add_argument("--extra-tickers", type=int, help="simulated tickers beyond the 97-stock universe")
+    p.add_argument("--input", help="KRX tree to validate (default: paths.krx_source_dir)")
+    p.add_argument("--output", help="output tree (default: paths.market_dir)")
+    params.add_params_flag(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    raw = params.read_raw(args.params)
+    paths = params.load_paths(raw=raw)
+    cfg = params.load("market", MarketParams, raw=raw, overrides={
+        "source": args.source, "start": args.start, "end": args.end, "seed": args.seed,
+        "extra_tickers": args.extra_tickers})
+    try:
+        months = cfg.months()
+    except ValueError:
+        raise params.ParamsError(f"params.yaml: market.start ({cfg.start}) is after market.end ({cfg.end})") from None
+    start, end = market.month_bounds(months.months())
+    out = args.output or paths.market_dir
+
+    if cfg.source == "simulate":
+        log.info("simulating %s..%s (seed %d)", start, end, cfg.seed)
+        table = simulate(SimConfig(start=start, end=end, seed=cfg.seed, extra_tickers=cfg.extra_tickers))
+    else:
+        src = args.input or paths.krx_source_dir
+        log.info("validating KRX tree %s for %s..%s", src, start, end)
+        table = market.load_range(src, start, end, progress=True)
+    with atomic.atomic_path(out, is_dir=True) as tmp:
+        files = market.write_partitions(table, tmp)
+    log.info("wrote %d rows, %d tickers, %d monthly files to %s", table.num_rows,
+             len(set(table["ticker"].to_pylist())), len(files), out)
+
+
+if __name__ == "__main__":
+    from stages._main import run
+
+    run(main)

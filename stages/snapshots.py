@@ -1,0 +1,68 @@
+"""Stage `snapshots`: per-stock features, market indicators and daily regimes from paths.market_dir.
+
+Writes paths.snapshots_dir (market.parquet, stocks.parquet), the regime day counts (paths.regimes_metric) and
+the regime timeline plot data (paths.regime_plot).
+
+    python -m stages.snapshots --start-date 2020-01-01 --end-date 2025-12-31
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+
+from kospi_ft import atomic, params
+from kospi_ft.snapshot import MarketSnapshotStore
+
+log = logging.getLogger("snapshots")
+
+
+class SnapshotParams(params.Section):
+    start_date: dt.date
+    end_date: dt.date
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m stages.snapshots", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--start-date", type=dt.date.fromisoformat, help="first day (YYYY-MM-DD)")
+    p.add_argument("--end-date", type=dt.date.fromisoformat, help="last day (YYYY-MM-DD)")
+    p.add_argument("--input", help="market tree (default: paths.market_dir)")
+    p.add_argument("--output", help="snapshot dir (default: paths.snapshots_dir)")
+    params.add_params_flag(p)
+    return p
+
+
+def timeline_csv(store: MarketSnapshotStore) -> str:
+    lines = ["date,kospi_index,market_return,breadth,regime"]
+    m = store.market
+    for d, idx, r, b, g in zip(store.dates, m["index_level"].to_pylist(), m["market_return"].to_pylist(),
+                               m["breadth"].to_pylist(), m["regime"].to_pylist()):
+        if g is None:
+            continue
+        lines.append(f"{d.isoformat()},{idx:.2f},{r:.5f},{b:.4f},{g}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    raw = params.read_raw(args.params)
+    paths = params.load_paths(raw=raw)
+    cfg = params.load("snapshots", SnapshotParams, raw=raw,
+                      overrides={"start_date": args.start_date, "end_date": args.end_date})
+    if cfg.start_date > cfg.end_date:
+        raise params.ParamsError(f"params.yaml: snapshots.start_date ({cfg.start_date}) is after end_date ({cfg.end_date})")
+    store = MarketSnapshotStore.from_market(args.input or paths.market_dir, cfg.start_date, cfg.end_date, progress=True)
+    counts = store.regime_counts()
+    with atomic.atomic_path(args.output or paths.snapshots_dir, is_dir=True) as tmp:
+        store.save(tmp)
+    atomic.write_json(paths.regimes_metric, {"regime_days": counts, "first_day": store.dates[0].isoformat(),
+                                             "last_day": store.dates[-1].isoformat()})
+    atomic.write_text(paths.regime_plot, timeline_csv(store))
+    log.info("regime days: %s", counts)
+
+
+if __name__ == "__main__":
+    from stages._main import run
+
+    run(main)
