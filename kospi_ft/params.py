@@ -41,6 +41,7 @@ class Paths(Section):
     stage1_stats: Path
     synthetic: Path
     eval_set: Path
+    synthetic_stats: Path
     dpo_pairs: Path
     models_dir: Path
     metrics_dir: Path

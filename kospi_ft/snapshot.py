@@ -179,10 +179,13 @@ class MarketSnapshotStore:
         self._dates = market["date"].to_numpy(zero_copy_only=False).astype("datetime64[D]")
         self._regimes = np.array(market["regime"].to_pylist(), dtype=object)
         sd = mkt.day_numbers(stocks)
-        order = np.arange(len(sd)) if bool((sd[1:] >= sd[:-1]).all()) else np.argsort(sd, kind="stable")
-        self._stock_order = order
+        if not bool((sd[1:] >= sd[:-1]).all()):
+            # Date-sorted once here, so a snapshot is a zero-copy slice rather than a gather per call.
+            order = np.argsort(sd, kind="stable")
+            self.stocks = stocks = stocks.take(pa.array(order))
+            sd = sd[order]
         days = self._dates.astype(np.int64)
-        self._stock_day_bounds = np.searchsorted(sd[order], days), np.searchsorted(sd[order], days, side="right")
+        self._stock_day_bounds = np.searchsorted(sd, days), np.searchsorted(sd, days, side="right")
 
     # construction -------------------------------------------------------------------------------------
     @classmethod
@@ -251,7 +254,7 @@ class MarketSnapshotStore:
     def _build(self, i: int) -> Snapshot:
         m = {k: self.market[k][i].as_py() for k in ("market_return", "breadth", "momentum_10d", "vol_10d", "index_level")}
         lo, hi = self._stock_day_bounds[0][i], self._stock_day_bounds[1][i]
-        rows = self.stocks.take(pa.array(self._stock_order[lo:hi])).to_pylist()
+        rows = self.stocks.slice(lo, hi - lo).to_pylist()
         stocks = []
         for r in rows:
             per, pbr = r["per"], r["pbr"]

@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export PATH="$PWD/.venv/bin:$PATH" DVC_NO_ANALYTICS=1
+export PATH="$(cd "${VENV:-.venv}" && pwd)/bin:$PATH" DVC_NO_ANALYTICS=1
 dvc repro "$@"

@@ -1,0 +1,81 @@
+"""Benchmark: evaluation throughput of the llamacpp backend on the exported GGUFs (embedded default).
+
+For each model: seconds per sample and generated tokens/s of the evaluator (`runner.evaluate`: chat template,
+greedy generation, scoring), and a baseline measured in the same run on the same prompts: bare llama.cpp
+(`Llama.create_completion` on the already-rendered prompt text, no chat handler, no scoring). The ratio
+evaluator / baseline is the evaluator's overhead. Target: all three models in about a minute on 2 cores.
+
+    python benchmarks/bench_evaluate.py [--models base stage2 stage3] [--n-samples 12] [--max-new-tokens 128]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    from kospi_ft import params
+    from kospi_ft.evaluation.backends import LlamaCppBackend
+    from kospi_ft.evaluation.config import EvaluateParams
+    from kospi_ft.evaluation.runner import evaluate, load_eval_set, select
+    from kospi_ft.export.chain import gguf_name
+    from kospi_ft.export.config import ExportParams
+    from kospi_ft.tokenizer import load_tokenizer
+
+    raw = params.read_raw(ROOT / "params.yaml")
+    cfg = params.load("evaluate", EvaluateParams, raw=raw)
+    quant = params.load("export", ExportParams, raw=raw).quant
+    paths = params.load_paths(raw=raw)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=cfg.models)
+    ap.add_argument("--n-samples", type=int, default=cfg.n_samples)
+    ap.add_argument("--max-new-tokens", type=int, default=cfg.max_new_tokens)
+    ap.add_argument("--threads", type=int, default=cfg.threads)
+    args = ap.parse_args()
+
+    records = select(load_eval_set(ROOT / paths.eval_set), args.n_samples)
+    tokenizer = load_tokenizer()
+    total = 0.0
+    print(f"{len(records)} samples x {args.max_new_tokens} max new tokens, threads={args.threads or 'all'}")
+    for name in args.models:
+        gguf = ROOT / paths.gguf_dir / name / gguf_name(quant)
+        t0 = time.perf_counter()
+        backend = LlamaCppBackend(gguf, seed=cfg.seed, n_ctx=cfg.n_ctx, n_threads=args.threads)
+        load_s = time.perf_counter() - t0
+        try:
+            llm = backend._llm
+            # Baseline: the same prompts through bare llama.cpp, rendered beforehand by the training tokenizer's
+            # template (the export's parity gate makes it render exactly like the GGUF's). It runs first, after
+            # one warm-up generation, so page-cache warm-up does not count against either side.
+            prompts = [tokenizer.apply_chat_template(r.prompt, tokenize=False, add_generation_prompt=True)
+                       for r in records]
+            llm.create_completion(prompts[0], max_tokens=4, temperature=0.0)
+            t0 = time.perf_counter()
+            base_tokens = 0
+            for prompt in prompts:
+                llm.reset()
+                out = llm.create_completion(prompt, max_tokens=args.max_new_tokens, temperature=0.0,
+                                            repeat_penalty=1.0, seed=cfg.seed)
+                base_tokens += out["usage"]["completion_tokens"]
+            base_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            result = evaluate(backend, records, max_new_tokens=args.max_new_tokens, rouge=cfg.rouge,
+                              progress=False)
+            eval_s = time.perf_counter() - t0
+        finally:
+            backend.close()
+        tokens = sum(s.completion_tokens for s in result.scores)
+        total += load_s + eval_s
+        print(f"{name:7s} load {load_s:5.2f} s | evaluator {eval_s / len(records):6.3f} s/sample "
+              f"{tokens / eval_s:7.1f} tok/s | bare llama.cpp {base_s / len(records):6.3f} s/sample "
+              f"{base_tokens / base_s:7.1f} tok/s | ratio evaluator/bare {eval_s / base_s:5.2f}x")
+    print(f"all models: {total:.1f} s (load + evaluate)")
+
+
+if __name__ == "__main__":
+    main()

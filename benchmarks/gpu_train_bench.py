@@ -1,0 +1,241 @@
+"""GPU benchmark of the pipeline's own training code against raw unsloth (the anchor), plus GPU-side checks.
+
+Runs on a CUDA machine, on a Qwen2.5-7B-shaped random-weight model (throughput and memory do not depend on the
+weight values). The baseline is anchor_bench.py (a hand loop: FastLanguageModel / HF+PEFT, AdamW-8bit, random ids)
+measured in the same call on the same card; this script measures `kospi_ft.training.sft` end to end (TRL
+SFTTrainer, packing, assistant-only loss, the project's backend setup) and prints JSON lines:
+
+  python benchmarks/gpu_train_bench.py sft --backend unsloth --model /tmp/m7b --seq 2048 --bs 2 --steps 10 \
+      --adapter-out /tmp/s2
+  python benchmarks/gpu_train_bench.py packing --backend unsloth --model /tmp/m7b
+  python benchmarks/gpu_train_bench.py dpo --backend unsloth --model /tmp/m7b --adapter /tmp/s2 --steps 3
+  python benchmarks/gpu_train_bench.py ratio FILE.jsonl        # pipeline / anchor tokens/s and memory
+
+Conversations are generated with lengths spread so that best-fit packing has work to do; tokens/s counts the
+real (non-pad) tokens of each packed batch over the median steady-state step time, like the anchor.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+WORDS = ("삼성전자 코스피 반도체 외국인 순매수 변동성 추세 이동평균 밸류에이션 exposure signal regime momentum "
+         "volatility breadth stop-loss take-profit leverage sector earnings dividend 시가총액 거래량 PER PBR").split()
+
+
+def conversations(n: int, seed: int) -> list[dict]:
+    """Chat records of ~100-1500 tokens: prompt-heavy and answer-heavy ones, like the finance + strategy sets."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        user = " ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 600)))
+        answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 400)))
+        out.append({"messages": [{"role": "system", "content": "You are a KOSPI quant analyst."},
+                                 {"role": "user", "content": user}, {"role": "assistant", "content": answer}]})
+    return out
+
+
+def pairs(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        user = " ".join(rng.choice(WORDS) for _ in range(rng.randint(100, 400)))
+        out.append({"prompt": [{"role": "user", "content": user}],
+                    "chosen": [{"role": "assistant", "content": " ".join(rng.choice(WORDS) for _ in range(120))}],
+                    "rejected": [{"role": "assistant", "content": " ".join(rng.choice(WORDS) for _ in range(90))}]})
+    return out
+
+
+def step_clock():
+    """A TrainerCallback recording each optimizer step's wall time, CUDA-synchronised at both ends."""
+    import torch
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+            self.tokens: list[int] = []  # non-pad tokens of each step (the Trainer's num_input_tokens_seen delta)
+            self._t = 0.0
+            self._seen = 0
+
+        def on_step_begin(self, args, state, control, **kw):
+            torch.cuda.synchronize()
+            self._t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            torch.cuda.synchronize()
+            self.times.append(time.perf_counter() - self._t)
+            self.tokens.append(state.num_input_tokens_seen - self._seen)
+            self._seen = state.num_input_tokens_seen
+
+    return StepClock()
+
+
+def run_paths(tmp: Path, name: str):
+    from kospi_ft.training.common import RunPaths
+
+    return RunPaths(output_dir=tmp / name, checkpoint_dir=tmp / f"ckpt-{name}", metrics_file=tmp / f"{name}.json",
+                    live_dir=None)  # dvclive is not installed on the GPU machine; curves do not affect speed
+
+
+def bench_sft(args) -> dict:
+    from kospi_ft.training import backends
+
+    backend = backends.prepare_backend(args.backend)
+    import torch
+    from kospi_ft.training.sft import SFTParams, build_sft_trainer, count_label_tokens
+
+    params = SFTParams(epochs=1, max_steps=args.steps, lr=2e-4, batch_size=args.bs, grad_accum=1,
+                       max_seq_length=args.seq, save_steps=10_000, logging_steps=1, packing_strategy=args.packing)
+    tmp = Path(tempfile.mkdtemp())
+    clock = step_clock()
+    t0 = time.perf_counter()
+    torch.cuda.reset_peak_memory_stats()
+    trainer = build_sft_trainer(params, model_name=args.model, backend=backend, load_in_4bit=True,
+                                data=conversations(args.records, 0), init_adapter=None,
+                                paths=run_paths(tmp, "sft"), callbacks=[clock])
+    load_s = time.perf_counter() - t0
+    # Real tokens in each batch the trainer will draw: padding-free packing flattens a batch into one row, so the
+    # batch holds sum(row lengths) tokens and no pad; fill = that over the bs x seq capacity.
+    lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
+    labels, total = count_label_tokens(trainer.train_dataset)
+    loader = trainer.get_train_dataloader()
+    batch_tokens, batch_pad = [], []
+    for i, batch in enumerate(loader):
+        if i >= args.steps:
+            break
+        ids = batch["input_ids"]
+        pad = int((batch["attention_mask"] == 0).sum()) if "attention_mask" in batch else 0
+        batch_tokens.append(int(ids.numel()) - pad)
+        batch_pad.append(pad)
+    result = trainer.train()
+    # Steady state: the first steps compile (unsloth compiles each decoder block; new row lengths recompile).
+    def rate(first: int) -> tuple[float, float]:
+        t, n = clock.times[first:], clock.tokens[first:]
+        return sum(n) / sum(t), statistics.median(t)
+
+    tok_s, med = rate(2)
+    tok_s_tail, med_tail = rate(len(clock.times) // 2)
+    tokens_per_step = statistics.mean(clock.tokens[2:])
+    out = {
+        "bench": "pipeline_sft", "backend": backend, "packing": args.packing, "trl": __import__("trl").__version__,
+        "seq": args.seq,
+        "bs": args.bs, "load_s": round(load_s, 1), "step_s_median": round(med, 3),
+        "tokens_per_step": round(tokens_per_step, 1),
+        "tokens_per_s": round(tok_s), "tokens_per_s_second_half": round(tok_s_tail),
+        "step_s_median_second_half": round(med_tail, 3),
+        "non_pad_fraction": round(sum(batch_tokens) / (sum(batch_tokens) + sum(batch_pad)), 4),
+        "fill_of_capacity": round(tokens_per_step / (args.bs * args.seq), 4),
+        "packed_rows": len(lengths), "mean_row_tokens": round(statistics.mean(lengths), 1),
+        "label_token_fraction": round(labels / total, 4),
+        "peak_alloc_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "peak_reserved_GiB": round(torch.cuda.max_memory_reserved() / 2**30, 2),
+        "loss_first": trainer.state.log_history[0].get("loss"), "train_loss": round(result.training_loss, 4),
+        "step_times": [round(x, 3) for x in clock.times], "step_tokens": clock.tokens,
+        "gpu": torch.cuda.get_device_name(0),
+    }
+    if args.adapter_out:
+        from kospi_ft.training.common import save_adapter
+
+        save_adapter(trainer.model, trainer.processing_class, Path(args.adapter_out), {"bench": "sft"})
+    return out
+
+
+def bench_packing(args) -> dict:
+    """Do packed documents attend across their boundary? Logits of document B alone vs packed after document A."""
+    from kospi_ft.training import backends
+
+    backend = backends.prepare_backend(args.backend)
+    import torch
+
+    model, tok = backends.load_base(args.model, backend, 2048, True)
+    model = backends.attach_lora(model, backends.LoraParams(), backend, 0)
+    model.eval()
+    a = tok(" ".join(WORDS * 6), return_tensors="pt").input_ids[0][:300].cuda()
+    b = tok(" ".join(reversed(WORDS * 5)), return_tensors="pt").input_ids[0][:200].cuda()
+    with torch.no_grad():
+        alone = model(input_ids=b[None], position_ids=torch.arange(len(b), device="cuda")[None]).logits[0].float()
+        ids = torch.cat([a, b])[None]
+        pos = torch.cat([torch.arange(len(a)), torch.arange(len(b))]).cuda()[None]
+        packed = model(input_ids=ids, position_ids=pos).logits[0, len(a):].float()
+        # The same packed row with one continuous position range: attention then does cross the boundary.
+        straight = torch.arange(ids.shape[1], device="cuda")[None]
+        crossed = model(input_ids=ids, position_ids=straight).logits[0, len(a):].float()
+    return {"bench": "packing", "backend": backend,
+            "max_abs_diff_packed_vs_alone": float((packed - alone).abs().max()),
+            "max_abs_diff_crossed_vs_alone": float((crossed - alone).abs().max()),
+            "logit_scale": float(alone.abs().max())}
+
+
+def bench_dpo(args) -> dict:
+    from kospi_ft.training import backends
+
+    backend = backends.prepare_backend(args.backend)
+    import torch
+    from kospi_ft.training.dpo import LN2, DPOParams, train_dpo
+
+    tmp = Path(tempfile.mkdtemp())
+    data = tmp / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in pairs(32, 1)))
+    params = DPOParams(epochs=1, max_steps=args.steps, lr=5e-7, batch_size=1, grad_accum=2, max_seq_length=1024,
+                       save_steps=10_000, beta=0.1)
+    torch.cuda.reset_peak_memory_stats()
+    metrics = train_dpo(params, model_name=args.model, backend=backend, load_in_4bit=True, data_path=data,
+                        stage2_adapter=Path(args.adapter), paths=run_paths(tmp, "dpo"))
+    saved = sorted(p.name for p in (tmp / "dpo").iterdir())
+    return {"bench": "pipeline_dpo", "backend": backend, "trl": __import__("trl").__version__,
+            "ln2": LN2, "step0_loss": metrics["step0_loss"], "step0_reward_margin": metrics["step0_reward_margin"],
+            "step0_ok": abs(metrics["step0_loss"] - LN2) < 1e-3, "final_loss": metrics["final_loss"],
+            "peak_alloc_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2), "saved_files": saved,
+            "gpu": torch.cuda.get_device_name(0)}
+
+
+def ratio(args) -> None:
+    rows = [json.loads(line) for line in open(args.file) if line.startswith("{")]
+    anchor = {r["backend"]: r for r in rows if "step_times" in r and r.get("bench") is None}
+    for r in rows:
+        if r.get("bench") == "pipeline_sft" and "unsloth" in anchor:
+            raw = anchor["unsloth"]["tokens_per_s"]
+            print(json.dumps({"pipeline_backend": r["backend"], "packing": r.get("packing"),
+                              "pipeline_tokens_per_s": r["tokens_per_s"],
+                              "pipeline_tokens_per_s_second_half": r.get("tokens_per_s_second_half"),
+                              "raw_unsloth_tokens_per_s": raw,
+                              "ratio_vs_raw_unsloth": round(r["tokens_per_s"] / raw, 3),
+                              "ratio_second_half": round(r.get("tokens_per_s_second_half", 0) / raw, 3),
+                              "pipeline_peak_alloc_GiB": r["peak_alloc_GiB"],
+                              "raw_unsloth_peak_alloc_GiB": anchor["unsloth"]["peak_alloc_GiB"]}))
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("sft", "packing", "dpo"):
+        p = sub.add_parser(name)
+        p.add_argument("--backend", choices=("unsloth", "hf"), required=True)
+        p.add_argument("--model", required=True)
+        p.add_argument("--seq", type=int, default=2048)
+        p.add_argument("--bs", type=int, default=2)
+        p.add_argument("--steps", type=int, default=10)
+        p.add_argument("--records", type=int, default=200)
+        p.add_argument("--adapter-out")
+        p.add_argument("--packing", choices=("bfd", "wrapped"), default="bfd")
+        p.add_argument("--adapter")
+    r = sub.add_parser("ratio")
+    r.add_argument("file")
+    a = ap.parse_args()
+    if a.cmd == "ratio":
+        ratio(a)
+    else:
+        print(json.dumps({"sft": bench_sft, "packing": bench_packing, "dpo": bench_dpo}[a.cmd](a)), flush=True)

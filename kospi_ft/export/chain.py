@@ -1,0 +1,115 @@
+"""The export chain for one model: merge -> HF safetensors -> GGUF f16 -> quantized GGUF + Modelfile -> parity gate.
+
+Everything is built in temp dirs beside `out_dir`; only when the parity gate passes is the finished dir (the
+quantized GGUF and the Modelfile, nothing else) renamed onto `out_dir`. A failure at any step leaves no partial
+output, and the merged safetensors and the f16 GGUF (the spec's manual `rm` step) are always deleted.
+Disk: a 7B export needs ~15 GB for the merged safetensors plus ~15 GB for the f16 GGUF at its peak.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .. import atomic
+from ..tokenizer import CHATML_TEMPLATE, load_tokenizer
+from .gguf import convert_to_gguf, ftype_name
+from .merge import check_adapter_dir, merge_to_hf
+from .modelfile import render_modelfile
+from .parity import ParityReport, check_parity, parity_conversations
+from .quantize import QuantizeReport, quantize
+
+logger = logging.getLogger(__name__)
+
+MODELFILE = "Modelfile"
+
+
+def gguf_name(quant: str) -> str:
+    return f"model-{quant}.gguf"
+
+
+@dataclass
+class ExportResult:
+    gguf: Path
+    modelfile: Path
+    quant: QuantizeReport
+    parity: ParityReport
+    file_type: str
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def metrics(self) -> dict:
+        """Flat numbers for `dvc metrics show`."""
+        return {
+            "quant": self.quant.quant,
+            "file_type": self.file_type,
+            "gguf_bytes": self.quant.output_bytes,
+            "f16_bytes": self.quant.input_bytes,
+            "fallback_tensors": sum("falling back to" in f for f in self.quant.fallbacks),
+            "parity_conversations": self.parity.conversations,
+            "parity_tokens": self.parity.tokens_compared,
+            "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+        }
+
+
+def export_model(*, base: str | Path, adapter_dir: Path | None, out_dir: Path, quant: str, system_prompt: str,
+                 num_ctx: int, temperature: float, merge_dtype: str = "bfloat16", threads: int = 0,
+                 parity_tokens: int = 4, expected_template: str = CHATML_TEMPLATE, model_name: str | None = None,
+                 progress: bool = True) -> ExportResult:
+    """Export base (+ adapter, if given) to `out_dir`/model-<quant>.gguf and `out_dir`/Modelfile.
+
+    `model_name` is the GGUF's `general.name` (default: the output dir's name)."""
+    out_dir = Path(out_dir)
+    if adapter_dir is not None:
+        check_adapter_dir(adapter_dir)  # fail before any work when training has not produced it
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    steps = tqdm(total=5, desc=f"export {out_dir.name}", unit="step", disable=not progress)
+
+    def step(name: str, t0: float) -> None:
+        seconds[name] = time.perf_counter() - t0
+        steps.set_postfix_str(name)
+        steps.update()
+
+    # Scratch beside the output (same filesystem, and /tmp is often too small for a 7B f16 file).
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.work.", dir=out_dir.parent))
+    try:
+        with atomic.atomic_path(out_dir, is_dir=True) as tmp_out:
+            t0 = time.perf_counter()
+            hf_dir = merge_to_hf(base, adapter_dir, work / "hf", dtype=merge_dtype)
+            # The gate compares against the tokenizer exactly as saved with the merged weights.
+            tokenizer = load_tokenizer(hf_dir)
+            step("merge", t0)
+
+            t0 = time.perf_counter()
+            f16 = convert_to_gguf(hf_dir, work / "model-f16.gguf", outtype="f16",
+                                  model_name=model_name or out_dir.name)
+            shutil.rmtree(hf_dir)  # the safetensors copy is not needed past this point
+            step("convert", t0)
+
+            t0 = time.perf_counter()
+            gguf_path = tmp_out / gguf_name(quant)
+            quant_report = quantize(f16, gguf_path, quant, threads=threads, progress=progress)
+            f16.unlink()
+            step("quantize", t0)
+
+            t0 = time.perf_counter()
+            modelfile = tmp_out / MODELFILE
+            modelfile.write_text(render_modelfile(gguf_path.name, system_prompt, num_ctx, temperature),
+                                 encoding="utf-8")
+            step("modelfile", t0)
+
+            t0 = time.perf_counter()
+            parity = check_parity(gguf_path, tokenizer, expected_template, parity_conversations(system_prompt),
+                                  generate_tokens=parity_tokens, threads=threads)
+            step("parity", t0)
+    finally:
+        steps.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return ExportResult(gguf=out_dir / gguf_name(quant), modelfile=out_dir / MODELFILE, quant=quant_report,
+                        parity=parity,
+                        file_type=ftype_name(int(parity.metadata["general.file_type"])), seconds=seconds)

@@ -1,0 +1,177 @@
+"""Model loading for training: the `unsloth` and `hf` backends, the spec's LoRA, and device helpers.
+
+- unsloth (CUDA): FastLanguageModel, 4-bit NF4 base, unsloth's fused LoRA kernels and its offloaded gradient
+  checkpointing (`use_gradient_checkpointing="unsloth"`), which is what keeps a 7B QLoRA step at seq 2048 near 7 GiB.
+- hf: transformers + PEFT. On CUDA a bitsandbytes 4-bit NF4 base (double quant, bf16 compute) with gradient
+  checkpointing; on CPU a plain fp32 model without checkpointing (bf16 on an AVX2 CPU is ~2.3x slower, and
+  checkpointing only trades speed for memory a tiny model does not need).
+- auto: unsloth when CUDA is present and unsloth is installed, else hf.
+Both backends apply the same LoRA (rank, alpha, dropout, the 7 projection modules).
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from ..errors import ParamsError, PipelineError
+from ..params import Section
+from ..tokenizer import configure as configure_tokenizer
+from ..tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+# Every linear layer of a Qwen2 decoder block: attention q/k/v/o and the SwiGLU MLP (28 layers x 7 = 196 adapters).
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+Resolved = Literal["unsloth", "hf"]
+
+
+class LoraParams(Section):
+    """The spec's LoRA: r 32, alpha 16 (scale alpha/r = 0.5), dropout 0, all 7 projections."""
+
+    lora_rank: int = Field(32, gt=0)
+    lora_alpha: int = Field(16, gt=0)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] = TARGET_MODULES
+
+    @field_validator("target_modules")
+    @classmethod
+    def _known_modules(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [m for m in value if m not in TARGET_MODULES]
+        if unknown:
+            raise ValueError(f"unknown module name(s) {unknown}; a Qwen2 block has {list(TARGET_MODULES)}")
+        if not value:
+            raise ValueError(f"at least one module is needed, from {list(TARGET_MODULES)}")
+        return value
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_backend(requested: str) -> Resolved:
+    """auto -> unsloth when CUDA and unsloth are both there, else hf. An impossible request is a params error."""
+    has_cuda = cuda_available()
+    has_unsloth = importlib.util.find_spec("unsloth") is not None
+    if requested == "auto":
+        return "unsloth" if has_cuda and has_unsloth else "hf"
+    if requested == "unsloth":
+        if not has_cuda:
+            raise ParamsError("params.yaml: model.backend: unsloth needs a CUDA GPU; use `auto` or `hf` on CPU")
+        if not has_unsloth:
+            raise ParamsError("params.yaml: model.backend: unsloth is not installed "
+                              "(pip install -r requirements-cuda.txt)")
+        return "unsloth"
+    if requested == "hf":
+        return "hf"
+    raise ParamsError(f"params.yaml: model.backend: must be auto, unsloth or hf, got {requested!r}")
+
+
+def prepare_backend(requested: str) -> Resolved:
+    """Resolve the backend and, for unsloth, import it now: it must patch transformers/TRL before they load."""
+    backend = resolve_backend(requested)
+    if backend == "unsloth":
+        import unsloth  # noqa: F401
+    log.info("training backend: %s (requested %s, CUDA %s)", backend, requested, cuda_available())
+    return backend
+
+
+def load_base(name: str, backend: Resolved, max_seq_length: int, load_in_4bit: bool = True):
+    """(model, tokenizer) for the base model `name` (local dir or hub id), ready for LoRA."""
+    import torch
+
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            name, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit, dtype=torch.bfloat16)
+        return model, configure_tokenizer(tokenizer)
+
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(name)
+    if cuda_available():
+        kwargs = dict(dtype=torch.bfloat16, attn_implementation="sdpa", device_map={"": 0})
+        if load_in_4bit:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16)
+    else:
+        kwargs = dict(dtype=torch.float32, attn_implementation="sdpa")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except OSError as err:
+        raise PipelineError(f"base model {name!r} could not be loaded (params.yaml model.name): {err}") from err
+    if cuda_available() and load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        # Freezes the 4-bit base, upcasts norms to fp32 and turns on (non-reentrant) gradient checkpointing.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, tokenizer
+
+
+def attach_lora(model, lora: LoraParams, backend: Resolved, seed: int):
+    """A fresh LoRA adapter (B = 0, so the model starts exactly as the base)."""
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        return FastLanguageModel.get_peft_model(
+            model, r=lora.lora_rank, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout, bias="none",
+            target_modules=list(lora.target_modules), use_gradient_checkpointing="unsloth", random_state=seed)
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # LoRA A init: same seed -> bit-identical adapters
+        return get_peft_model(model, LoraConfig(
+            r=lora.lora_rank, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout, bias="none",
+            target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+
+
+def load_adapter(model, adapter_dir: Path, backend: Resolved, trainable: bool = True):
+    """Load a saved adapter onto `model`; trainable=True continues training it (Stage 2 on Stage 1, DPO on Stage 2)."""
+    from peft import PeftModel
+
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise PipelineError(f"{adapter_dir}: no adapter_config.json (run the stage that writes this adapter first)")
+    model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        # What FastLanguageModel.get_peft_model does after creating an adapter: swap in unsloth's fused LoRA
+        # MLP/QKV kernels and its offloaded gradient checkpointing. Without it the loaded adapter runs unsloth's
+        # base model through plain PEFT layers (slower, more memory).
+        model = FastLanguageModel.patch_peft_model(model, use_gradient_checkpointing="unsloth")
+    return model
+
+
+def adapter_config(adapter_dir: Path) -> dict:
+    import json
+
+    return json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
+
+
+def reset_peak_memory() -> None:
+    if cuda_available():
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_gib() -> float:
+    """Peak GPU memory allocated by torch on CUDA; on CPU the process's peak resident set size."""
+    if cuda_available():
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB

@@ -1,0 +1,249 @@
+"""What SFT and DPO share: the training params, TRL/transformers arguments, dvclive logging, checkpoints, outputs.
+
+Checkpoints live in a persisted dir next to a `config.json` fingerprint of the run: `resume` continues from the
+newest checkpoint only if it was written by the same config, so a params change never resumes a stale run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from .. import atomic
+from ..errors import DataValidationError, PipelineError
+from ..params import Section
+from . import backends
+
+log = logging.getLogger(__name__)
+
+
+class TrainParams(Section):
+    """Optimisation settings every training stage has (spec flags: --epochs --lr --batch-size --max-seq-length)."""
+
+    epochs: float = Field(gt=0)
+    max_steps: int = -1  # > 0 caps the run (the embedded preset trains a few steps); -1 = whole epochs
+    lr: float = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    grad_accum: int = Field(1, gt=0)
+    max_seq_length: int = Field(ge=32)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    logging_steps: int = Field(1, gt=0)
+    save_steps: int = Field(500, gt=0)
+    save_total_limit: int = Field(2, gt=0)
+    seed: int = 42
+    resume: bool = False  # continue from the newest checkpoint of the same config
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one training stage reads its init adapter and writes adapter, checkpoints and metrics."""
+
+    output_dir: Path  # the adapter (+ tokenizer + resolved_config.json)
+    checkpoint_dir: Path  # persisted across runs for resume
+    metrics_file: Path  # final numbers, JSON
+    live_dir: Path | None  # dvclive curves; None = none (benchmarks on a machine without dvclive)
+
+
+@dataclass
+class RunInfo:
+    """Facts about the run that go into resolved_config.json and the metrics."""
+
+    stage: str
+    backend: str
+    base_model: str
+    init_adapter: str | None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not Path(path).is_file():
+        raise PipelineError(f"{path}: training data not found (run the stage that writes it first)")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataValidationError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+    if not records:
+        raise DataValidationError(f"{path}: no records")
+    return records
+
+
+def check_messages(messages: Any, where: str, roles=("system", "user", "assistant")) -> list[dict]:
+    """Keep only role/content of each message; the rest of a record (source, task, meta) is not trained on."""
+    if not isinstance(messages, list) or not messages:
+        raise DataValidationError(f"{where}: expected a non-empty list of messages")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in roles or not isinstance(m.get("content"), str):
+            raise DataValidationError(f"{where}[{i}]: expected {{'role': one of {list(roles)}, 'content': str}}")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def config_fingerprint(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare_checkpoints(checkpoint_dir: Path, config: dict, resume: bool) -> str | None:
+    """The checkpoint to resume from, or None. Without resume (or after a config change) old checkpoints go."""
+    checkpoint_dir = Path(checkpoint_dir)
+    fingerprint_file = checkpoint_dir / "config.json"
+    fingerprint = config_fingerprint(config)
+    newest = None
+    if resume and fingerprint_file.is_file():
+        if json.loads(fingerprint_file.read_text())["fingerprint"] == fingerprint:
+            ckpts = sorted(checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+            newest = str(ckpts[-1]) if ckpts else None
+        else:
+            log.warning("%s: checkpoints come from a different config; starting over", checkpoint_dir)
+    if resume and newest is None:
+        log.warning("resume requested but %s holds no checkpoint of this config; training from the start",
+                    checkpoint_dir)
+    if newest is None and checkpoint_dir.exists():
+        shutil.rmtree(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(fingerprint_file, {"fingerprint": fingerprint, "config": config})
+    return newest
+
+
+def trainer_arguments(params: TrainParams, backend: str, checkpoint_dir: Path) -> dict:
+    """transformers/TRL arguments shared by SFTConfig and DPOConfig."""
+    cuda = backends.cuda_available()
+    return dict(
+        output_dir=str(checkpoint_dir),
+        num_train_epochs=params.epochs,
+        max_steps=params.max_steps,
+        per_device_train_batch_size=params.batch_size,
+        gradient_accumulation_steps=params.grad_accum,
+        learning_rate=params.lr,
+        lr_scheduler_type="cosine",
+        # transformers 5 dropped warmup_ratio: a float below 1 in warmup_steps is read as the ratio.
+        warmup_steps=params.warmup_ratio,
+        # 8-bit AdamW states save ~2 bytes/param of VRAM; on CPU bitsandbytes may be absent, so plain AdamW.
+        optim="adamw_8bit" if cuda else "adamw_torch",
+        weight_decay=0.0,
+        bf16=cuda,
+        fp16=False,
+        # unsloth applied its own offloaded checkpointing in get_peft_model; the HF backend turns it on here on
+        # CUDA (saves activations at ~30% more compute); CPU runs a tiny model where it only costs time.
+        gradient_checkpointing=cuda and backend == "hf",
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=params.logging_steps,
+        save_strategy="steps",
+        save_steps=params.save_steps,
+        save_total_limit=params.save_total_limit,
+        seed=params.seed,
+        data_seed=params.seed,
+        report_to="none",  # dvclive is attached as a callback with its output dir (see live_callback)
+        dataloader_num_workers=0,
+        dataloader_pin_memory=cuda,
+        use_cpu=not cuda,
+        disable_tqdm=False,
+        # Counts the tokens each step trains on (padding excluded) for tokens/s; unsloth's trainers drop TRL's own
+        # num_tokens log. Costs one scalar device sync per micro-batch.
+        include_num_input_tokens_seen="non_padding",
+    )
+
+
+def training_callbacks(live_dir: Path | None, resume: bool, extra=()) -> list:
+    return ([] if live_dir is None else [live_callback(live_dir, resume)]) + list(extra)
+
+
+def live_callback(live_dir: Path, resume: bool):
+    """A TrainerCallback logging every `logs` entry (loss, learning_rate, grad_norm, DPO rewards...) to dvclive curves
+    under `live_dir` (plots/metrics/train/*.tsv + metrics.json), which dvc.yaml declares as plots and metrics.
+
+    This is what report_to="dvclive" does, minus dvclive's own DVC integration: that one runs `dvc init` in a repo
+    without DVC, fails in a git repo without commits, and would add a second copy of our plots to dvc.yaml.
+    """
+    from dvclive import Live
+    from transformers import TrainerCallback
+
+    class _CurvesOnlyLive(Live):
+        def _init_dvc(self):  # no experiment/dvc.yaml handling: the pipeline's dvc.yaml owns the outputs
+            pass
+
+    class _LiveCurves(TrainerCallback):
+        def __init__(self):
+            self.live = _CurvesOnlyLive(dir=str(live_dir), resume=resume, dvcyaml=None, save_dvc_exp=False,
+                                        report=None)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            self.live.step = state.global_step
+            for key, value in logs.items():
+                if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                    self.live.log_metric(f"train/{key}" if "/" not in key else key, value)
+            self.live.log_metric("epoch", logs.get("epoch", state.epoch or 0), plot=False)
+            self.live.next_step()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.live.end()
+
+    return _LiveCurves()
+
+
+def tokens_seen(trainer) -> int:
+    """Non-pad tokens trained on in this session (a resumed run starts counting at its checkpoint)."""
+    start = getattr(trainer, "_initial_num_input_tokens_seen", 0) or 0
+    return int(trainer.state.num_input_tokens_seen - start)
+
+
+def first_log(trainer) -> dict:
+    """The first logged training step (computed before any optimizer update)."""
+    for entry in trainer.state.log_history:
+        if "loss" in entry:
+            return entry
+    return {}
+
+
+def save_adapter(model, tokenizer, out_dir: Path, resolved: dict) -> None:
+    """Adapter + tokenizer + resolved config, atomically. Only the `default` adapter: DPO adds a frozen `ref` copy."""
+    with atomic.atomic_path(out_dir, is_dir=True) as tmp:
+        model.save_pretrained(str(tmp), selected_adapters=["default"])
+        tokenizer.save_pretrained(str(tmp))
+        atomic.write_json(tmp / "resolved_config.json", resolved)
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+
+
+def finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def run_summary(trainer, result, seconds: float, info: "RunInfo", resume_from: str | None) -> dict:
+    """What every training stage reports: steps, losses, throughput, wall time and peak memory."""
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    tokens = tokens_seen(trainer)
+    return {
+        "stage": info.stage,
+        "backend": info.backend,
+        "steps": trainer.state.global_step,
+        "resumed_from": None if resume_from is None else Path(resume_from).name,
+        "first_loss": finite(first_log(trainer).get("loss")),
+        "final_loss": finite(history[-1]["loss"]) if history else None,
+        "train_loss": finite(result.training_loss),
+        "train_seconds": round(seconds, 3),
+        "tokens_seen": tokens,
+        "tokens_per_second": round(tokens / max(seconds, 1e-9), 2),
+        "peak_memory_gib": round(backends.peak_memory_gib(), 3),
+    }

@@ -1,0 +1,44 @@
+"""Stage stage3: DPO on the Stage 2 adapter, the Stage 2 model being the reference policy.
+
+    python -m stages.dpo [--beta X --epochs N --lr X --batch-size N --max-seq-length N] [--resume]
+
+Flags override params.yaml `dpo`. Reads paths.dpo_pairs and models/stage2; writes models/stage3 (the trained
+adapter only, with tokenizer + resolved_config.json), metrics/train/stage3.json (including the step-0 loss, ln 2
+when the reference is right) and dvclive curves (loss, rewards/chosen, rewards/rejected, margins, accuracy).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from kospi_ft import params
+from kospi_ft.base_model import ModelParams
+from kospi_ft.training import backends
+from stages._main import run
+from stages.sft import add_train_flags, run_paths
+
+log = logging.getLogger("stages.dpo")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_train_flags(parser)
+    parser.add_argument("--beta", type=float, help="DPO KL strength (0.05 aggressive ... 0.5 conservative)")
+    args = parser.parse_args(argv)
+
+    from kospi_ft.training.dpo import DPOParams, train_dpo
+
+    raw = params.read_raw(args.params)
+    model = params.load("model", ModelParams, raw=raw)
+    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "max_seq_length", "resume", "beta")}
+    cfg = params.load("dpo", DPOParams, overrides=overrides, raw=raw)
+    paths = params.load_paths(raw=raw)
+    backend = backends.prepare_backend(model.backend)
+    metrics = train_dpo(cfg, model_name=model.name, backend=backend, load_in_4bit=model.load_in_4bit,
+                        data_path=paths.dpo_pairs, stage2_adapter=paths.models_dir / "stage2",
+                        paths=run_paths(paths, "stage3"))
+    log.info("stage3 done: %s", metrics)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,80 @@
+"""Stages stage1 and stage2: QLoRA SFT (TRL SFTTrainer, packing, assistant-only loss).
+
+    python -m stages.sft --stage stage1 [--epochs N --lr X --batch-size N --max-seq-length N --lora-rank N]
+    python -m stages.sft --stage stage2 [... --skip-stage1] [--resume]
+
+Flags override params.yaml `stage1` / `stage2`. Stage 1 trains on paths.stage1_data, Stage 2 on paths.synthetic,
+continuing the Stage 1 adapter (or the base with --skip-stage1). Writes models/<stage> (adapter + tokenizer +
+resolved_config.json), metrics/train/<stage>.json and dvclive curves in metrics/train/<stage>/.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from kospi_ft import params
+from kospi_ft.base_model import ModelParams
+from kospi_ft.errors import ParamsError
+from kospi_ft.training import backends
+from kospi_ft.training.common import RunPaths
+from stages._main import run
+
+log = logging.getLogger("stages.sft")
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """The spec's training flags; unset flags leave params.yaml values alone."""
+    parser.add_argument("--epochs", type=float)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--batch-size", type=int, dest="batch_size")
+    parser.add_argument("--max-seq-length", type=int, dest="max_seq_length")
+    parser.add_argument("--resume", action="store_true", default=None,
+                        help="continue from the newest checkpoint written with the same config")
+    params.add_params_flag(parser)
+
+
+def run_paths(paths: params.Paths, stage: str) -> RunPaths:
+    return RunPaths(output_dir=paths.models_dir / stage, checkpoint_dir=paths.checkpoints_dir / stage,
+                    metrics_file=paths.train_metrics_dir / f"{stage}.json",
+                    live_dir=paths.train_metrics_dir / stage)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", choices=("stage1", "stage2"), required=True)
+    add_train_flags(parser)
+    parser.add_argument("--lora-rank", type=int, dest="lora_rank")
+    parser.add_argument("--skip-stage1", action="store_true", default=None, dest="skip_stage1",
+                        help="stage2 only: train a fresh adapter on the base instead of continuing Stage 1")
+    args = parser.parse_args(argv)
+    if args.stage == "stage1" and args.skip_stage1:
+        raise ParamsError("--skip-stage1 applies to --stage stage2 only")
+
+    from kospi_ft.training.sft import SFTParams, Stage2Params, train_sft
+
+    raw = params.read_raw(args.params)
+    model = params.load("model", ModelParams, raw=raw)
+    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "max_seq_length", "lora_rank",
+                                               "resume", "skip_stage1")}
+    cfg = params.load(args.stage, SFTParams if args.stage == "stage1" else Stage2Params, overrides=overrides, raw=raw)
+    paths = params.load_paths(raw=raw)
+
+    init_adapter = None
+    if args.stage == "stage2":
+        stage1_dir = paths.models_dir / "stage1"
+        if cfg.skip_stage1:
+            log.warning("skip_stage1: Stage 2 trains a fresh adapter on the base model, without Stage 1")
+        elif not (stage1_dir / "adapter_config.json").is_file():
+            log.warning("no Stage 1 adapter in %s: Stage 2 trains on the base model directly", stage1_dir)
+        else:
+            init_adapter = stage1_dir
+    backend = backends.prepare_backend(model.backend)
+    metrics = train_sft(cfg, stage=args.stage, model_name=model.name, backend=backend,
+                        load_in_4bit=model.load_in_4bit,
+                        data_path=paths.stage1_data if args.stage == "stage1" else paths.synthetic,
+                        init_adapter=init_adapter, paths=run_paths(paths, args.stage))
+    log.info("%s done: %s", args.stage, metrics)
+
+
+if __name__ == "__main__":
+    run(main)

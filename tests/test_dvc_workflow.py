@@ -1,0 +1,190 @@
+"""The whole DVC workflow on the embedded default, driven through the real `dvc` CLI.
+
+One module-scoped fresh clone runs the README's pipeline command once; the tests then exercise what a DVC user
+does next: no-op repro, an experiment on dpo.beta, metrics show/diff, push/pull through the default local
+remote and an SSH remote, corruption detection on pull, and plots. Tests depend on each other's order.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_project, dvc
+
+pytestmark = pytest.mark.slow
+
+# Every stage of the graph, as `dvc repro` names them.
+ALL_STAGES = {
+    "market", "snapshots", "synthesize", "dpo_pairs", "stage1_data", "base_model", "stage1", "stage2", "stage3",
+    "export@base", "export@stage2", "export@stage3", "evaluate@base", "evaluate@stage2", "evaluate@stage3",
+    "compare",
+}
+# Stages whose only outputs are git-tracked metrics. In a fresh clone of a committed run their deps come back
+# byte-identical (every stage is deterministic), so DVC may rightly find them up to date and skip them.
+METRICS_ONLY = {"evaluate@base", "evaluate@stage2", "evaluate@stage3", "compare"}
+# What a change of dpo.beta may rerun: Stage 3 and everything downstream of it, nothing else.
+DOWNSTREAM_OF_DPO = {"stage3", "export@stage3", "evaluate@stage3", "compare"}
+
+
+def ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args], cwd=cwd,
+                          check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    base = tmp_path_factory.mktemp("workflow")
+    origin = copy_project(base / "origin")
+    clone = base / "clone"
+    git(base, "clone", "-q", str(origin), str(clone))
+    # The README's pipeline command, reusing this test run's virtualenv instead of building another one.
+    env = {**os.environ, "VENV": sys.prefix, "DVC_NO_ANALYTICS": "1"}
+    t0 = time.perf_counter()
+    r = subprocess.run(["bash", "scripts/pipeline.sh"], cwd=clone, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    assert r.returncode == 0, f"pipeline failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    return {"base": base, "clone": clone, "first": r.stdout + r.stderr, "seconds": seconds}
+
+
+def test_fresh_clone_runs_every_stage_then_nothing(work):
+    first = ran(work["first"])
+    assert ALL_STAGES - METRICS_ONLY <= first <= ALL_STAGES, first
+    again = dvc(work["clone"], "repro")
+    assert ran(again.stdout) == set()
+    assert "up to date" in again.stdout
+    status = dvc(work["clone"], "status")
+    assert "up to date" in status.stdout
+
+
+def test_metrics_show_puts_models_side_by_side(work):
+    shown = json.loads(dvc(work["clone"], "metrics", "show", "--json").stdout)
+    files = shown[""]["data"] if "" in shown else next(iter(shown.values()))["data"]
+    evals = {k: v["data"] for k, v in files.items() if k.startswith("metrics/eval/")}
+    assert {Path(k).stem for k in evals} >= {"base", "stage2", "stage3"}
+    keys = [sorted(v) for v in evals.values()]
+    assert all(k == keys[0] for k in keys)  # identical keys: side by side in `dvc metrics show`
+
+
+def test_push_then_pull_into_a_second_clone_restores_everything(work):
+    clone = work["clone"]
+    git(clone, "add", "-A")
+    git(clone, "commit", "-qm", "baseline run")
+    dvc(clone, "push")
+    remote = work["base"] / "kospi-ft-dvc-remote"  # the shipped default remote: ../../ of .dvc/
+    assert any(remote.rglob("*")), "default remote received nothing"
+    second = work["base"] / "second"
+    git(work["base"], "clone", "-q", str(clone), str(second))
+    dvc(second, "pull")
+    assert "up to date" in dvc(second, "status").stdout
+    r = dvc(second, "repro")
+    assert ran(r.stdout) == set()
+
+
+def test_corrupted_remote_object_is_detected_on_pull(work):
+    remote = work["base"] / "kospi-ft-dvc-remote"
+    objects = sorted(p for p in remote.rglob("*") if p.is_file() and p.stat().st_size > 1000)
+    victim = objects[0]
+    victim.chmod(0o644)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    third = work["base"] / "third"
+    git(work["base"], "clone", "-q", str(work["clone"]), str(third))
+    r = dvc(third, "pull", "-v", check=False)
+    assert r.returncode != 0
+    assert "failed to pull data" in r.stdout + r.stderr
+    assert "corrupted cache file" in r.stdout + r.stderr  # remote.verify re-hashed the download
+    data[len(data) // 2] ^= 0xFF  # restore for the tests after this one
+    victim.write_bytes(bytes(data))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    """An OpenSSH server on 127.0.0.1 for this test only (Debian's openssh-server)."""
+    if not Path("/usr/sbin/sshd").exists() or os.geteuid() != 0:
+        pytest.skip("needs root and /usr/sbin/sshd (apt-get install openssh-server)")
+    pytest.importorskip("dvc_ssh")
+    key = tmp_path / "id_ed25519"
+    host = tmp_path / "host_ed25519"
+    for k in (key, host):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(k)], check=True)
+    auth = tmp_path / "authorized_keys"
+    shutil.copy(f"{key}.pub", auth)
+    port = _free_port()
+    cfg = tmp_path / "sshd_config"
+    cfg.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {auth}\n"
+                   f"PidFile {tmp_path}/sshd.pid\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+                   "PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
+                   "Subsystem sftp internal-sftp\n")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(cfg)], stderr=subprocess.PIPE)
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.skip(f"sshd did not start: {proc.stderr.read().decode()[-500:]}")
+    yield {"port": port, "key": key}
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_push_and_pull_through_an_ssh_remote(work, sshd, tmp_path):
+    clone = work["clone"]
+    url = f"ssh://root@127.0.0.1:{sshd['port']}{tmp_path}/ssh-remote"
+    dvc(clone, "remote", "add", "--local", "sshremote", url)
+    dvc(clone, "remote", "modify", "--local", "sshremote", "keyfile", str(sshd["key"]))
+    dvc(clone, "push", "-r", "sshremote")
+    assert any((tmp_path / "ssh-remote").rglob("*"))
+    fourth = work["base"] / "fourth"
+    git(work["base"], "clone", "-q", str(clone), str(fourth))
+    dvc(fourth, "remote", "add", "--local", "sshremote", url)
+    dvc(fourth, "remote", "modify", "--local", "sshremote", "keyfile", str(sshd["key"]))
+    dvc(fourth, "pull", "-r", "sshremote")
+    assert "up to date" in dvc(fourth, "status").stdout
+
+
+def test_exp_run_dpo_beta_reruns_only_stage3_and_downstream(work):
+    clone = work["clone"]
+    r = dvc(clone, "exp", "run", "-S", "dpo.beta=0.3", "--name", "beta03")
+    stages = ran(r.stdout)
+    assert "stage3" in stages
+    assert stages <= DOWNSTREAM_OF_DPO, f"reran more than Stage 3 and its downstream: {stages - DOWNSTREAM_OF_DPO}"
+    shown = dvc(clone, "exp", "show", "--json")
+    assert "beta03" in shown.stdout and "metrics/eval/stage3.json" in shown.stdout
+
+
+def test_metrics_diff_shows_stage3_changing(work):
+    # `dvc exp run` leaves the experiment's results in the workspace: diff HEAD (baseline) against it.
+    r = dvc(work["clone"], "metrics", "diff", "--json")
+    diff = json.loads(r.stdout)
+    assert any(k.startswith("metrics/train/stage3") or k == "metrics/eval/stage3.json" for k in diff), diff
+    assert not any(k.startswith("metrics/train/stage2") or k == "metrics/eval/stage2.json" for k in diff)
+
+
+def test_plots_render_training_curves_and_eval_comparison(work):
+    out = work["base"] / "plots"
+    dvc(work["clone"], "plots", "show", "-o", str(out))
+    html = (out / "index.html").read_text()
+    assert "loss" in html and "eval" in html

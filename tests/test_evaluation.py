@@ -1,0 +1,545 @@
+"""Evaluation: the JSON extractor, every metric on hand-written replies with known answers, robustness on
+generated garbage, the three backends (Ollama against a local fake server, llama.cpp on a GGUF the export
+chain builds, HF + PEFT on a tiny model) and the evaluate/compare stages end to end.
+"""
+from __future__ import annotations
+
+import copy
+import http.server
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kospi_ft import params
+from kospi_ft.errors import DataValidationError, ParamsError, PipelineError
+from kospi_ft.evaluation.backends import OllamaBackend
+from kospi_ft.evaluation.compare import HEADLINE, comparison, deltas, plot_rows
+from kospi_ft.evaluation.config import EvaluateParams, ModelLocator
+from kospi_ft.evaluation.metrics import aggregate, flatten, rationale_text, score_reply, score_values
+from kospi_ft.evaluation.parsing import Method, extract_json
+from kospi_ft.evaluation.runner import EvalRecord, evaluate, load_eval_set, select
+from kospi_ft.evaluation.text import RougeL, hangul_share, tokenize_mixed
+from kospi_ft.prompts import QUANT_SYSTEM_PROMPT
+from kospi_ft.schema import TaskType
+from model_fixtures import FakeOllama as _FakeOllama
+from model_fixtures import build_tiny_gguf, build_tiny_hf, fake_ollama
+
+FIXTURES = Path(__file__).parent / "fixtures" / "evaluation"
+TASK = "full_analysis"
+
+
+@pytest.fixture(scope="module")
+def answer() -> dict:
+    """A hand-written full_analysis answer that is schema-valid and breaks no strategy rule (MILD_BULL)."""
+    return json.loads((FIXTURES / "full_analysis_valid.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def reference(answer) -> str:
+    return json.dumps(answer, ensure_ascii=False)
+
+
+def _english(answer: dict) -> dict:
+    out = copy.deepcopy(answer)
+    out["summary"] = "Mild bull market: buy large-cap semiconductors selectively and stay diversified."
+    for p in out["positions"]:
+        p["rationale"] = "Memory cycle recovery and steady foreign buying support a larger weight."
+    return out
+
+
+# ---- parsing ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, method", [
+    ('{"a": 1}', Method.DIRECT),
+    ('  {"a": 1}\n', Method.DIRECT),
+    ('```json\n{"a": 1}\n```', Method.FENCED),
+    ('```\n{"a": 1}\n```', Method.FENCED),
+    ('분석 결과입니다:\n```JSON\n{"a": 1}\n```\n참고하세요.', Method.FENCED),
+    ('```json\n```json\n{"a": 1}\n```\n```', Method.FENCED),          # nested fences
+    ('```json\n{"a": 1}', Method.FENCED),                              # fence never closed
+    ('Here is my answer: {"a": 1} -- hope it helps', Method.EMBEDDED),
+    ('use {curly} braces, then {"a": 1}', Method.EMBEDDED),            # balanced prose braces are skipped
+])
+def test_extract_json_finds_the_object(text, method):
+    got = extract_json(text)
+    assert got.data == {"a": 1}
+    assert got.method is method
+    assert got.unwrapped is (method is not Method.DIRECT)
+
+
+@pytest.mark.parametrize("text, why", [
+    ("", "empty"),
+    ("   \n", "empty"),
+    ('{"a": {"b": 2}', "Expecting"),              # truncated: the inner object is not passed off as the answer
+    ("[1, 2]", "list"),
+    ('{"a": NaN}', "NaN"),                        # not JSON
+    ('{"a": Infinity}', "Infinity"),
+    ('{"a": ' + "9" * 5000 + "}", "digits"),      # Python's int-conversion limit
+    ("[" * 50_000, "Recursion"),
+    ("no json here", "Expecting"),
+    ("{'a': 1}", "Expecting"),                    # Python dict, not JSON
+])
+def test_extract_json_rejects_non_objects(text, why):
+    got = extract_json(text)
+    assert got.data is None and got.method is Method.NONE
+    assert why in got.error
+
+
+def test_extract_json_non_text():
+    assert extract_json(None).data is None
+    assert extract_json(b'{"a": 1}').method is Method.NONE
+
+
+# ---- text measures ------------------------------------------------------------------------------------------
+
+def test_hangul_share_counts_letters_only():
+    assert hangul_share("삼성전자 abc") == pytest.approx(4 / 7)
+    assert hangul_share("PER 12.3배, PBR 0.9배!") == pytest.approx(2 / 8)
+    assert hangul_share("12.5% -> 0.3") == 0.0
+    assert hangul_share("") == 0.0
+    assert hangul_share("ㅋㅋ 한글") == 1.0  # compatibility jamo count as Hangul
+
+
+def test_rouge_l_sees_korean():
+    from rouge_score import rouge_scorer
+
+    # Why the custom tokenizer exists: rouge-score's default drops every Hangul character.
+    default = rouge_scorer.RougeScorer(["rougeL"]).score("삼성전자 매수", "삼성전자 매도")["rougeL"]
+    assert default.fmeasure == 0.0
+    assert tokenize_mixed("삼성전자 BUY 0.3") == ["삼", "성", "전", "자", "buy", "0", "3"]
+    rouge = RougeL()
+    # 6 character tokens each, LCS 5 -> P = R = F = 5/6.
+    assert rouge.f1("삼성전자 매수", "삼성전자 매도") == pytest.approx(5 / 6)
+    assert rouge.f1("반도체 비중 확대", "반도체 비중 확대") == 1.0
+    assert rouge.f1("반도체", "bank") == 0.0
+
+
+# ---- per-reply metrics on hand-written replies -------------------------------------------------------------
+
+def test_valid_reply_passes_everything(answer, reference):
+    s = score_reply(TASK, reference, reference, rouge=RougeL())
+    assert s.json_method is Method.DIRECT and s.schema_valid and not s.hallucination
+    assert s.signal_ok is True and s.korean_ok and s.strategy_ok and s.violation is False
+    assert s.rouge_l == 1.0
+    assert s.hangul_share > 0.9
+
+
+def test_fenced_reply_is_valid_but_counted_as_unwrapped(reference):
+    s = score_reply(TASK, f"다음과 같이 분석했습니다.\n```json\n{reference}\n```", reference)
+    assert s.json_method is Method.FENCED and s.schema_valid and s.strategy_ok
+
+
+def test_schema_broken_reply(answer, reference):
+    broken = {**answer, "exposure": "high"}
+    s = score_reply(TASK, json.dumps(broken, ensure_ascii=False), reference)
+    assert s.json_valid and not s.schema_valid
+    assert not s.strategy_ok and s.violation is None  # rules are only checked on schema-valid answers
+    assert any(e.startswith("exposure:") for e in s.errors)
+    assert s.signal_ok is True and s.korean_ok  # the rest of the answer is still fine
+
+
+def test_out_of_range_score(answer, reference):
+    bad = copy.deepcopy(answer)
+    bad["positions"][1]["score"] = 1.5
+    s = score_reply(TASK, json.dumps(bad, ensure_ascii=False), reference)
+    assert s.signal_ok is False and not s.schema_valid
+    for value in (True, "0.5", None, 1e400, -1.0000001):
+        bad["positions"][1]["score"] = value
+        text = json.dumps(bad, ensure_ascii=False).replace("Infinity", "1e400")
+        assert score_reply(TASK, text, reference).signal_ok is False, value
+    bad["positions"][1]["score"] = -1
+    assert score_reply(TASK, json.dumps(bad, ensure_ascii=False), reference).signal_ok is True
+
+
+def test_reply_without_scores_fails_signal_only_when_scores_are_expected(answer, reference):
+    no_positions = {k: v for k, v in answer.items() if k not in ("positions",)}
+    assert score_reply(TASK, json.dumps(no_positions, ensure_ascii=False), reference).signal_ok is False
+    # regime_classification answers carry no score: neither side has one, so the reply is not counted.
+    ref_without = json.dumps(no_positions, ensure_ascii=False)
+    assert score_reply("regime_classification", ref_without, ref_without).signal_ok is None
+
+
+def test_english_only_rationale(answer, reference):
+    s = score_reply(TASK, json.dumps(_english(answer)), reference)
+    assert s.hangul_share == 0.0 and not s.korean_ok
+    assert not s.schema_valid  # the schema itself requires Korean text
+    assert "Memory cycle" in rationale_text(_english(answer))
+
+
+def test_exposure_outside_band(answer, reference):
+    s = score_reply(TASK, json.dumps({**answer, "exposure": 0.95}, ensure_ascii=False), reference)
+    assert s.schema_valid and s.violation is True and not s.strategy_ok
+    assert any("outside the MILD_BULL band" in e for e in s.errors)
+
+
+def test_leverage_over_cap(answer, reference):
+    over = copy.deepcopy(answer)
+    over["risk"]["leverage"] = 1.4  # MILD_BULL caps leverage at 1.2
+    s = score_reply(TASK, json.dumps(over, ensure_ascii=False), reference)
+    assert s.schema_valid and not s.strategy_ok
+    assert any(e.startswith("risk.leverage") for e in s.errors)
+
+
+def test_hallucinated_ticker(answer, reference):
+    fake = copy.deepcopy(answer)
+    fake["positions"][0]["ticker"] = "999999"
+    s = score_reply(TASK, json.dumps(fake, ensure_ascii=False), reference)
+    assert s.hallucination and not s.schema_valid
+
+
+def test_score_values_walks_nested_lists(answer):
+    assert sorted(score_values(answer)) == [0.1, 0.6]
+    assert score_values({"a": [{"score": 2}, {"b": {"Score": "x"}}]}) == [2, "x"]
+
+
+def test_generator_answers_score_perfectly():
+    """The contract with the synthetic generator: its own reference answers pass every metric."""
+    from kospi_ft.synthetic import generate
+
+    rows = generate(36, seed=5, split="eval")
+    records = select([EvalRecord(r["task"], r["messages"][:2], r["messages"][2]["content"]) for r in rows], 12)
+    assert sorted(r.task for r in records) == sorted(t.value for t in TaskType)  # one of each task
+    scores = [score_reply(r.task, r.reference, r.reference, rouge=RougeL()) for r in records]
+    m = aggregate(scores)
+    for key in ("json.valid_rate", "json.direct_rate", "schema.compliance_rate", "signal.in_range_rate",
+                "korean.rationale_rate", "strategy.consistency_rate", "rouge.l_f1_mean"):
+        assert flatten(m)[key] == 1.0, key
+    assert m["signal"]["n_scored"] > 0 and m["schema"]["hallucination_rate"] == 0.0
+
+
+# ---- aggregation ----------------------------------------------------------------------------------------------
+
+def test_aggregate_known_rates(answer, reference):
+    bad_score = copy.deepcopy(answer)
+    bad_score["positions"][1]["score"] = 1.5
+    replies = [
+        reference,                                                            # all pass
+        f"```json\n{reference}\n```",                                         # fenced, all pass
+        json.dumps({**answer, "exposure": "high"}, ensure_ascii=False),      # schema broken
+        json.dumps(bad_score, ensure_ascii=False),                            # score out of range
+        json.dumps(_english(answer)),                                         # English rationale
+        json.dumps({**answer, "exposure": 0.95}, ensure_ascii=False),        # outside the regime band
+    ]
+    scores = [score_reply(TASK, r, reference, latency_s=i + 1, completion_tokens=10) for i, r in enumerate(replies)]
+    m = aggregate(scores)
+    assert m["n_samples"] == 6
+    assert m["json"] == {"valid_rate": 1.0, "direct_rate": round(5 / 6, 6), "unwrapped_rate": round(1 / 6, 6),
+                         "fenced_count": 1, "embedded_count": 0}
+    assert m["schema"]["compliance_rate"] == 0.5
+    assert m["signal"] == {"in_range_rate": round(5 / 6, 6), "n_scored": 6}
+    assert m["korean"]["rationale_rate"] == round(5 / 6, 6)
+    assert m["strategy"] == {"consistency_rate": round(2 / 6, 6), "violation_rate_of_valid": round(1 / 3, 6)}
+    assert m["latency"] == {"p50_s": 3.5, "p95_s": 5.75, "mean_s": 3.5}  # numpy linear percentiles of 1..6
+    assert m["throughput"]["gen_tokens_per_s"] == round(60 / 21, 3)
+    assert m["rouge"]["l_f1_mean"] is None  # ROUGE off
+    assert m["per_task"][TASK]["n"] == 6 and m["per_task"][TASK]["schema_compliance_rate"] == 0.5
+    assert m["per_task"]["what_if"]["n"] == 0 and m["per_task"]["what_if"]["json_valid_rate"] is None
+
+
+def test_aggregate_keys_are_identical_for_any_input(answer, reference):
+    full = aggregate([score_reply(TASK, reference, reference, rouge=RougeL())])
+    empty = aggregate([])
+    assert flatten(full).keys() == flatten(empty).keys()
+    assert set(full["per_task"]) == {t.value for t in TaskType}
+    json.dumps(empty, allow_nan=False)  # nulls, never NaN
+
+
+# ---- robustness: generated replies never crash the scorers -----------------------------------------------
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-10**40, max_value=10**40)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+_odd_text = st.text(alphabet=st.characters(codec=None), max_size=300)  # includes lone surrogates
+_bytes_text = st.binary(max_size=300).map(lambda b: b.decode("utf-8", "surrogateescape"))
+
+
+@st.composite
+def _mutated_answer(draw, base: dict) -> str:
+    """The valid answer broken in the ways models break it: wrong types, huge numbers, truncation, wrappers."""
+    data = copy.deepcopy(base)
+    nodes = [data, data["risk"], *data["positions"], *data["valuation"]]  # taken before any of them is replaced
+    for _ in range(draw(st.integers(0, 3))):
+        node = draw(st.sampled_from(nodes))
+        key = draw(st.sampled_from(sorted(node)) | st.text(max_size=6))
+        node[key] = draw(_json_values | st.sampled_from([10**400, -(10**400), 1e308, -0.0, "１.５", "\ud800"]))
+    text = json.dumps(data, ensure_ascii=draw(st.booleans()))
+    if draw(st.booleans()):
+        text = text[: draw(st.integers(0, len(text)))]
+    if draw(st.booleans()):  # a score with up to 6,000 digits (past Python's 4,300-digit int limit), or 1e999
+        text = text.replace("0.6", draw(st.sampled_from(["1e999", "-1e999"]) | st.integers(1, 6000).map("9".__mul__)),
+                            1)
+    wrapper = draw(st.sampled_from(["{}", "```json\n{}\n```", "```\n```json\n{}\n```\n```", "답변: {} 끝",
+                                    "{}```", "<|im_end|>{}", "{}{}"]))
+    return wrapper.replace("{}", text, 1).replace("{}", draw(_odd_text), 1)
+
+
+def test_scorers_never_crash_on_1000_generated_replies(answer, reference):
+    seen: list[str] = []
+
+    @settings(max_examples=1000, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(reply=st.one_of(_mutated_answer(answer), _odd_text, _bytes_text, st.just(""),
+                           st.sampled_from(["[" * 5000, "{" * 5000, '{"score": 1e999}', "```" * 50])),
+           task=st.sampled_from([t.value for t in TaskType]))
+    def check(reply, task):
+        seen.append(reply)
+        s = score_reply(task, reply, reference, latency_s=0.5, completion_tokens=3)
+        assert s.json_valid == (extract_json(reply).data is not None)
+        assert 0.0 <= s.hangul_share <= 1.0
+        assert not (s.strategy_ok and not s.schema_valid)
+        m = aggregate([s])
+        json.dumps(m, allow_nan=False)
+
+    check()
+    assert len(seen) >= 1000
+
+
+def test_rouge_never_crashes_on_1000_generated_pairs():
+    rouge = RougeL()
+    seen = []
+
+    @settings(max_examples=1000, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(reference=_odd_text | _bytes_text, prediction=_odd_text | _bytes_text)
+    def check(reference, prediction):
+        seen.append(prediction)
+        f = rouge.f1(reference, prediction)
+        assert 0.0 <= f <= 1.0 and not math.isnan(f)
+
+    check()
+    assert len(seen) >= 1000
+
+
+# ---- eval set, sampling, comparison -------------------------------------------------------------------------
+
+def _records(reference: str, tasks: list[str]) -> list[dict]:
+    return [{"messages": [{"role": "system", "content": QUANT_SYSTEM_PROMPT},
+                          {"role": "user", "content": f"질문 {i}: 오늘 시장을 분석해 주세요."},
+                          {"role": "assistant", "content": reference}],
+             "task": task, "meta": {"i": i}} for i, task in enumerate(tasks)]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_select_round_robins_over_tasks():
+    recs = [EvalRecord(t, [], str(i)) for i, t in enumerate(["what_if", "what_if", "full_analysis", "fx_impact"])]
+    assert [r.reference for r in select(recs, 3)] == ["2", "3", "0"]  # TaskType order, then file order
+    assert [r.reference for r in select(recs, 4)] == ["0", "1", "2", "3"]
+    assert select(recs, None) == recs
+
+
+def test_load_eval_set_names_the_bad_line(tmp_path, reference):
+    path = _write_jsonl(tmp_path / "eval.jsonl", _records(reference, ["full_analysis", "no_such_task"]))
+    with pytest.raises(DataValidationError, match=r"eval.jsonl:2: field `task`"):
+        load_eval_set(path)
+    path.write_text(json.dumps({"task": "what_if", "messages": [{"role": "user", "content": "x"}]}) + "\n")
+    with pytest.raises(DataValidationError, match="messages"):
+        load_eval_set(path)
+    with pytest.raises(DataValidationError, match="not found"):
+        load_eval_set(tmp_path / "missing.jsonl")
+
+
+def test_deltas_and_plot_rows():
+    a = {"json": {"valid_rate": 0.25}, "rouge": {"l_f1_mean": None}, "per_task": {"x": {"n": 1}}}
+    b = {"json": {"valid_rate": 1.0}, "rouge": {"l_f1_mean": 0.5}, "per_task": {"x": {"n": 2}}}
+    assert deltas(a, b) == {"json": {"valid_rate": 0.75}, "rouge": {"l_f1_mean": None}}
+    rows = plot_rows({"base": a, "stage3": b})
+    assert [r["model"] for r in rows] == ["base", "stage3"]
+    assert rows[1]["json_valid_rate"] == 1.0 and rows[0]["rouge_l_f1"] is None
+    assert set(rows[0]) == {"model", *HEADLINE}
+    with pytest.raises(DataValidationError, match="stage2"):
+        comparison({"base": a}, [("stage2", "base")])
+
+
+def test_shipped_params_load_in_both_presets(project_root):
+    raw = params.read_raw(project_root / "params.yaml")
+    cfg = params.load("evaluate", EvaluateParams, raw=raw)
+    assert cfg.backend == "llamacpp" and set(cfg.models) == {"base", "stage2", "stage3"}
+    real = params.load("evaluate", EvaluateParams, raw={**raw, "preset": "real"})
+    assert real.n_samples == 50 and real.max_new_tokens > cfg.max_new_tokens
+    with pytest.raises(ParamsError, match="evaluate.backend"):
+        params.load("evaluate", EvaluateParams, raw=raw, overrides={"backend": "vllm"})
+    with pytest.raises(ParamsError, match="compare"):
+        params.load("evaluate", EvaluateParams, raw=raw, overrides={"compare": [["stage1", "stage3"]]})
+
+
+def test_model_locator_resolves_names(tmp_path):
+    loc = ModelLocator(gguf_dir=tmp_path / "gguf", models_dir=tmp_path, quant="Q4_K_M",
+                       ollama_prefix="qwen2.5-kospi-ft", hf_base="models/base")
+    assert loc.gguf("stage3") == tmp_path / "gguf" / "stage3" / "model-Q4_K_M.gguf"
+    assert loc.gguf("/x/y.gguf") == Path("/x/y.gguf")
+    assert loc.ollama_name("stage2") == "qwen2.5-kospi-ft-s2"
+    assert loc.ollama_name("qwen2.5:32b") == "qwen2.5:32b"
+    assert loc.hf("base") == ("models/base", None)
+    (tmp_path / "stage2").mkdir()
+    (tmp_path / "stage2" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "b"}))
+    assert loc.hf("stage2") == ("b", tmp_path / "stage2")
+
+
+# ---- Ollama backend against a local fake server ---------------------------------------------------------------
+
+@pytest.fixture
+def ollama_server(reference):
+    with fake_ollama({
+        "qwen2.5-kospi-ft-base": "I think the market is fine.",
+        "qwen2.5-kospi-ft-s2": f"```json\n{reference}\n```",
+        "qwen2.5-kospi-ft-s3": reference,
+    }) as server:
+        yield server
+
+
+def test_ollama_backend_request_and_response(ollama_server):
+    url = f"http://127.0.0.1:{ollama_server.server_address[1]}"
+    backend = OllamaBackend("qwen2.5-kospi-ft-s2", base_url=url + "/", seed=7)
+    messages = [{"role": "system", "content": "시스템"}, {"role": "user", "content": "질문"}]
+    gen = backend.generate(messages, 64)
+    path, body = ollama_server.requests[-1]
+    assert path == "/api/chat"
+    assert body == {"model": "qwen2.5-kospi-ft-s2", "messages": messages, "stream": False,
+                    "options": {"temperature": 0, "seed": 7, "num_predict": 64}}
+    assert gen.text.startswith("```json") and gen.prompt_tokens == 21 and gen.completion_tokens == 7
+    assert gen.latency_s > 0
+
+
+def test_ollama_backend_errors(ollama_server):
+    url = f"http://127.0.0.1:{ollama_server.server_address[1]}"
+    with pytest.raises(PipelineError, match=r"HTTP 404: model 'nope' not found.*register"):
+        OllamaBackend("nope", base_url=url).generate([{"role": "user", "content": "x"}], 8)
+    closed = http.server.HTTPServer(("127.0.0.1", 0), _FakeOllama)
+    port = closed.server_address[1]
+    closed.server_close()  # nothing listens on this port any more
+    with pytest.raises(PipelineError, match=rf"not reachable at http://127.0.0.1:{port}.*ollama_url"):
+        OllamaBackend("x", base_url=f"http://127.0.0.1:{port}")
+
+
+def test_evaluate_and_compare_stages_end_to_end(tmp_path, monkeypatch, project_root, reference, ollama_server):
+    """Both stages through their CLIs on a temp project: three models served by the fake Ollama."""
+    from stages import compare as compare_stage
+    from stages import evaluate as evaluate_stage
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((project_root / "params.yaml").read_text(encoding="utf-8"))
+    url = f"http://127.0.0.1:{ollama_server.server_address[1]}"
+    params.update("params.yaml", "evaluate.backend", "ollama")
+    params.update("params.yaml", "evaluate.ollama_url", url)
+    paths = params.load_paths("params.yaml")
+    tasks = [t.value for t in TaskType][:3] * 2
+    _write_jsonl(paths.eval_set, _records(reference, tasks))
+
+    for name in ("base", "stage2", "stage3"):
+        evaluate_stage.main(["--name", name, "--n-samples", "4", "--no-progress"])
+    files = {n: json.loads((paths.eval_dir / f"{n}.json").read_text()) for n in ("base", "stage2", "stage3")}
+    assert len({tuple(flatten(m)) for m in files.values()}) == 1  # identical keys, identical order
+    assert files["base"]["n_samples"] == 4 and files["base"]["json"]["valid_rate"] == 0.0
+    assert files["stage2"]["json"]["fenced_count"] == 4 and files["stage3"]["json"]["direct_rate"] == 1.0
+    # 4 records round-robin over full_analysis, regime_classification, overnight_gap -> 2 are full_analysis, the
+    # only task the (full_analysis) reply is valid for.
+    assert files["stage3"]["schema"]["compliance_rate"] == 0.5
+    assert files["stage3"]["per_task"]["full_analysis"] == {**files["stage3"]["per_task"]["full_analysis"],
+                                                            "n": 2, "schema_compliance_rate": 1.0}
+    assert files["stage3"]["per_task"]["overnight_gap"]["schema_compliance_rate"] == 0.0
+    sent = [b for p, b in ollama_server.requests if p == "/api/chat"]
+    budget = params.load("evaluate", EvaluateParams, path="params.yaml").max_new_tokens
+    assert len(sent) == 12 and all(b["options"]["num_predict"] == budget for b in sent)
+
+    compare_stage.main([])
+    cmp = json.loads(paths.eval_compare.read_text())
+    assert set(cmp) == {"stage2_to_stage3", "base_to_stage3"}
+    assert cmp["base_to_stage3"]["json"]["valid_rate"] == 1.0
+    assert cmp["stage2_to_stage3"]["json"]["direct_rate"] == 1.0
+    assert cmp["stage2_to_stage3"]["schema"]["compliance_rate"] == 0.0
+    rows = json.loads(paths.eval_plot.read_text())
+    assert [r["model"] for r in rows] == ["base", "stage2", "stage3"]
+
+    # The spec's form: two models and their deltas in one file.
+    evaluate_stage.main(["--base-model", "stage2", "--ft-model", "qwen2.5-kospi-ft-s3", "--n-samples", "2",
+                         "--output", "out.json", "--predictions", "pred.jsonl", "--no-progress"])
+    report = json.loads(Path("out.json").read_text())
+    assert report["base"]["model"] == "stage2" and report["ft"]["model"] == "qwen2.5-kospi-ft-s3"
+    assert report["delta"]["json"]["direct_rate"] == 1.0
+    assert len(Path("pred.jsonl").read_text().splitlines()) == 4
+    with pytest.raises(ParamsError, match="--name"):
+        evaluate_stage.main(["--name", "base", "--ft-model", "stage3"])
+
+
+# ---- llama.cpp on a GGUF built by the export chain -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    return build_tiny_hf(tmp_path_factory.mktemp("base"))
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory, tiny_hf) -> Path:
+    return build_tiny_gguf(tiny_hf[0], tmp_path_factory.mktemp("gguf"))
+
+
+def test_llamacpp_backend_end_to_end(tiny_gguf, tiny_hf, reference):
+    from kospi_ft.evaluation.backends import GGUF_TEMPLATE_FORMAT, LlamaCppBackend
+
+    backend = LlamaCppBackend(tiny_gguf, seed=0, n_ctx=4096, n_threads=1)
+    try:
+        assert backend._llm.chat_format == GGUF_TEMPLATE_FORMAT
+        records = [EvalRecord(r["task"], r["messages"][:2], r["messages"][2]["content"])
+                   for r in _records(reference, ["full_analysis", "what_if"])]
+        first = backend.generate(records[0].prompt, 12)
+        # The prompt was rendered with the GGUF's template: same token count as the training tokenizer's.
+        expected = tiny_hf[1].apply_chat_template(records[0].prompt, add_generation_prompt=True, tokenize=True,
+                                                  return_dict=True)["input_ids"]
+        assert first.prompt_tokens == len(expected)
+        assert 0 < first.completion_tokens <= 12 and first.latency_s > 0
+        # Greedy + fixed seed + cleared cache: the same prompt gives the same reply, even after another prompt.
+        backend.generate(records[1].prompt, 12)
+        again = backend.generate(records[0].prompt, 12)
+        assert (again.text, again.completion_tokens) == (first.text, first.completion_tokens)
+        result = evaluate(backend, records, max_new_tokens=12, rouge=True, progress=False)
+    finally:
+        backend.close()
+    m = result.metrics
+    assert m["n_samples"] == 2 and m["throughput"]["gen_tokens_per_s"] > 0
+    assert m["per_task"]["what_if"]["n"] == 1 and m["rouge"]["l_f1_mean"] is not None
+
+
+def test_llamacpp_backend_missing_gguf(tmp_path):
+    from kospi_ft.evaluation.backends import LlamaCppBackend
+
+    with pytest.raises(PipelineError, match="GGUF not found.*export"):
+        LlamaCppBackend(tmp_path / "stage3" / "model-Q4_K_M.gguf")
+
+
+# ---- transformers + PEFT --------------------------------------------------------------------------------------
+
+def test_hf_backend_with_adapter(tmp_path, tiny_hf):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from kospi_ft.evaluation.backends import HFBackend
+
+    base_dir, tokenizer = tiny_hf
+    torch.manual_seed(1)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                                LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "stage2")
+    tokenizer.save_pretrained(tmp_path / "stage2")
+    loc = ModelLocator(gguf_dir=tmp_path, models_dir=tmp_path, quant="Q4_K_M", ollama_prefix="p",
+                       hf_base=str(base_dir))
+    model, adapter = loc.hf("stage2")
+    assert model == str(base_dir) and adapter == tmp_path / "stage2"
+    backend = HFBackend(model, adapter=adapter, seed=0)
+    messages = [{"role": "system", "content": "시스템"}, {"role": "user", "content": "질문"}]
+    a, b = backend.generate(messages, 6), backend.generate(messages, 6)
+    assert a.text == b.text and a.completion_tokens == b.completion_tokens <= 6
+    assert a.prompt_tokens == len(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                                tokenize=True, return_dict=True)["input_ids"])

@@ -1,0 +1,319 @@
+"""Training on CPU with a tiny random Qwen2 and the real tokenizer: what LoRA trains, Stage 2 continuity, the DPO
+reference policy, resume, backend choice and params errors. (Backends and GPU throughput: benchmarks/.)"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kospi_ft import params
+from kospi_ft.base_model import ModelParams, TinyShape, build_tiny_model
+from kospi_ft.errors import DataValidationError, ParamsError
+from kospi_ft.tokenizer import load_tokenizer
+from kospi_ft.training import backends
+from kospi_ft.training.common import RunPaths, prepare_checkpoints
+from kospi_ft.training.dpo import LN2, DPOParams, build_dpo_trainer, load_pairs, reference_is_policy
+from kospi_ft.training.sft import SFTParams, Stage2Params, build_sft_trainer, load_conversations, train_sft
+
+FIXTURES = Path(__file__).parent / "fixtures" / "training"
+# Small and fast; no warmup, so every step moves the weights (a 10% warmup makes step 1 run at lr 0).
+SFT = dict(epochs=1, lr=1e-3, batch_size=1, max_seq_length=256, warmup_ratio=0.0, save_steps=2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory) -> str:
+    tok = load_tokenizer()
+    out = tmp_path_factory.mktemp("base")
+    shape = TinyShape(hidden_size=256, intermediate_size=256, num_hidden_layers=1)
+    build_tiny_model(shape, 0, tok).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def run_paths(root: Path, name: str, live: bool = True) -> RunPaths:
+    return RunPaths(output_dir=root / name, checkpoint_dir=root / f"ckpt-{name}", metrics_file=root / f"{name}.json",
+                    live_dir=root / f"live-{name}" if live else None)
+
+
+def sft(base_dir, root, name, init_adapter=None, callbacks=(), **over):
+    return train_sft(SFTParams(**(SFT | {"max_steps": 3} | over)), stage=name, model_name=base_dir, backend="hf",
+                     load_in_4bit=True, data_path=FIXTURES / "stage1.jsonl", init_adapter=init_adapter,
+                     paths=run_paths(root, name), callbacks=callbacks)
+
+
+@pytest.fixture(scope="module")
+def stage1_dir(base_dir, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("stage1")
+    sft(base_dir, root, "stage1")
+    return root / "stage1"
+
+
+def adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+# --- backend choice and params --------------------------------------------------------------------------------
+
+def test_backend_choice_without_cuda(monkeypatch):
+    monkeypatch.setattr(backends, "cuda_available", lambda: False)
+    assert backends.resolve_backend("auto") == "hf"
+    assert backends.resolve_backend("hf") == "hf"
+    with pytest.raises(ParamsError, match="model.backend: unsloth needs a CUDA GPU"):
+        backends.resolve_backend("unsloth")
+
+
+def test_backend_auto_needs_both_cuda_and_unsloth(monkeypatch):
+    monkeypatch.setattr(backends, "cuda_available", lambda: True)
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: None)
+    assert backends.resolve_backend("auto") == "hf"
+    with pytest.raises(ParamsError, match="unsloth is not installed"):
+        backends.resolve_backend("unsloth")
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: object())
+    assert backends.resolve_backend("auto") == "unsloth"
+
+
+def test_unknown_target_module_is_a_clear_params_error():
+    raw = params.read_raw()
+    raw["stage1"]["target_modules"] = ["q_proj", "qkv_proj"]
+    with pytest.raises(ParamsError, match=r"stage1\.target_modules: .*unknown module name\(s\) \['qkv_proj'\]"):
+        params.load("stage1", SFTParams, raw=raw)
+
+
+@pytest.mark.parametrize("lr", [0, -1e-4])
+def test_non_positive_lr_is_a_clear_params_error(lr):
+    with pytest.raises(ParamsError, match=r"params.yaml: stage2.lr: Input should be greater than 0"):
+        params.load("stage2", Stage2Params, overrides={"lr": lr})
+
+
+@pytest.mark.parametrize("preset", ["embedded", "real"])
+def test_shipped_params_load_in_both_presets(preset):
+    raw = params.read_raw() | {"preset": preset}
+    model = params.load("model", ModelParams, raw=raw)
+    s1 = params.load("stage1", SFTParams, raw=raw)
+    s2 = params.load("stage2", Stage2Params, raw=raw)
+    d = params.load("dpo", DPOParams, raw=raw)
+    assert (s1.lora_rank, s1.lora_alpha, s1.lora_dropout) == (32, 16, 0.0)
+    assert s1.target_modules == backends.TARGET_MODULES
+    if preset == "real":  # the spec's values (sections 1.4, 2.5, 3.5)
+        assert model.name == "unsloth/Qwen2.5-7B-Instruct"
+        assert (s1.epochs, s1.lr, s1.batch_size, s1.grad_accum, s1.max_seq_length) == (2, 2e-4, 2, 8, 2048)
+        assert (s2.epochs, s2.lr, s2.grad_accum) == (3, 5e-5, 4)
+        assert (d.beta, d.lr, d.epochs, d.batch_size, d.grad_accum) == (0.1, 5e-7, 1, 1, 8)
+        assert s1.max_steps == s2.max_steps == d.max_steps == -1
+    else:
+        assert model.name == str(params.load_paths(raw=raw).models_dir / "base")
+
+
+def test_stage1_rejects_skip_stage1():
+    from stages.sft import main
+
+    with pytest.raises(ParamsError, match="--skip-stage1 applies to --stage stage2 only"):
+        main(["--stage", "stage1", "--skip-stage1"])
+
+
+# --- data ------------------------------------------------------------------------------------------------------
+
+def test_data_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n'
+                   '{"messages": [{"role": "user", "content": "q"}]}\n')
+    with pytest.raises(DataValidationError, match=r"bad.jsonl:2: messages: no assistant turn"):
+        load_conversations(bad)
+    assert len(load_pairs(FIXTURES / "dpo_pairs.jsonl")) == 6
+
+
+def test_no_assistant_token_within_max_length_is_refused(base_dir, tmp_path):
+    data = tmp_path / "long.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "' + "코스피 " * 80 + '"}, '
+                    '{"role": "assistant", "content": "ok"}]}\n')
+    with pytest.raises(DataValidationError, match="no assistant token is left within max_seq_length=32"):
+        train_sft(SFTParams(**(SFT | {"max_steps": 1, "max_seq_length": 32})), stage="stage1", model_name=base_dir,
+                  backend="hf", load_in_4bit=True, data_path=data, init_adapter=None,
+                  paths=run_paths(tmp_path, "s"))
+
+
+# --- SFT ---------------------------------------------------------------------------------------------------------
+
+def test_sft_trains_lora_only_and_leaves_the_base_bit_identical(base_dir, tmp_path):
+    trainer = build_sft_trainer(SFTParams(**(SFT | {"max_steps": 3})), model_name=base_dir, backend="hf",
+                                load_in_4bit=True, data=load_conversations(FIXTURES / "stage1.jsonl"),
+                                init_adapter=None, paths=run_paths(tmp_path, "s"))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    # 7 projections x 1 layer x (A, B); nothing else trains.
+    assert len(trainable) == 14 and all("lora_" in n for n in trainable)
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    for name, old in before.items():
+        if name in trainable:
+            assert not torch.equal(old, after[name]), f"{name} did not change"
+        else:
+            assert torch.equal(old, after[name]), f"frozen {name} changed"
+    # The loss is on assistant tokens only: fewer label tokens than tokens.
+    labels = sum(sum(1 for t in row if t != -100) for row in trainer.train_dataset["labels"])
+    assert 0 < labels < sum(len(r) for r in trainer.train_dataset["input_ids"])
+
+
+def test_stage1_outputs(stage1_dir):
+    import json
+
+    root = stage1_dir.parent
+    metrics = json.loads((root / "stage1.json").read_text())
+    assert metrics["steps"] == 3 and metrics["backend"] == "hf" and metrics["resumed_from"] is None
+    assert math.isfinite(metrics["final_loss"]) and metrics["tokens_per_second"] > 0
+    assert 0 < metrics["label_token_fraction"] < 1
+    resolved = json.loads((stage1_dir / "resolved_config.json").read_text())
+    assert resolved["params"]["lr"] == SFT["lr"] and resolved["init_adapter"] is None
+    assert (stage1_dir / "chat_template.jinja").is_file() or "chat_template" in (
+        stage1_dir / "tokenizer_config.json").read_text()
+    assert (root / "live-stage1" / "plots" / "metrics" / "train" / "loss.tsv").read_text().count("\n") == 4
+
+
+def test_stage2_starts_from_the_stage1_adapter(base_dir, stage1_dir, tmp_path):
+    stage1 = adapter_tensors(stage1_dir)
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in stage1.items())
+    trainer = build_sft_trainer(SFTParams(**(SFT | {"max_steps": 1})), model_name=base_dir, backend="hf",
+                                load_in_4bit=True, data=load_conversations(FIXTURES / "synthetic.jsonl"),
+                                init_adapter=stage1_dir, paths=run_paths(tmp_path, "s2"))
+    live = {n.replace(".default", ""): p for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert len(live) == len(stage1)
+    for key, value in stage1.items():
+        assert torch.equal(live[key], value), key
+
+
+def test_resume_after_interruption_continues_from_the_checkpoint(base_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                raise KeyboardInterrupt("simulated interruption")
+
+    full = sft(base_dir, tmp_path / "full", "s", max_steps=4)
+    with pytest.raises(KeyboardInterrupt):
+        sft(base_dir, tmp_path / "cut", "s", max_steps=4, callbacks=[Crash()])
+    assert not (tmp_path / "cut" / "s").exists()  # nothing half-written
+    resumed = sft(base_dir, tmp_path / "cut", "s", max_steps=4, resume=True)
+    assert resumed["resumed_from"] == "checkpoint-2" and resumed["steps"] == 4
+    a, b = adapter_tensors(tmp_path / "full" / "s"), adapter_tensors(tmp_path / "cut" / "s")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    assert full["final_loss"] == pytest.approx(resumed["final_loss"], abs=1e-5)
+
+
+def test_checkpoints_of_another_config_are_not_resumed(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    assert prepare_checkpoints(ckpt, {"lr": 1}, resume=False) is None
+    (ckpt / "checkpoint-2").mkdir()
+    (ckpt / "checkpoint-10").mkdir()
+    assert prepare_checkpoints(ckpt, {"lr": 1}, resume=True) == str(ckpt / "checkpoint-10")
+    assert prepare_checkpoints(ckpt, {"lr": 2}, resume=True) is None
+    assert not (ckpt / "checkpoint-10").exists()
+
+
+# --- DPO ---------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stage2_dir(base_dir, tmp_path_factory) -> Path:
+    """A Stage 2 adapter far from the base (random A and B), so reference == base vs == Stage 2 is visible."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("stage2") / "stage2"
+    torch.manual_seed(5)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(
+        r=8, lora_alpha=16, target_modules=list(backends.TARGET_MODULES), init_lora_weights=False))
+    model.save_pretrained(out)
+    return out
+
+
+def dpo_first_step(base_dir, stage2_dir, root, drop_ref=False):
+    trainer = build_dpo_trainer(
+        DPOParams(epochs=1, max_steps=1, lr=5e-7, batch_size=2, max_seq_length=256, save_steps=10, beta=0.1),
+        model_name=base_dir, backend="hf", load_in_4bit=True, data=load_pairs(FIXTURES / "dpo_pairs.jsonl"),
+        stage2_adapter=stage2_dir, paths=run_paths(root, "dpo"))
+    if drop_ref:  # what TRL does without the `ref` copy: reference = adapters disabled = the bare base
+        trainer.model.delete_adapter("ref")
+    ok = reference_is_policy(trainer)
+    trainer.train()
+    first = trainer.state.log_history[0]
+    return ok, first["loss"], first["rewards/margins"]
+
+
+def ln2_check(loss: float, margin: float) -> bool:
+    return abs(loss - LN2) <= 1e-3 and abs(margin) <= 1e-6
+
+
+def test_dpo_reference_is_the_stage2_model(base_dir, stage2_dir, tmp_path):
+    ok, loss, margin = dpo_first_step(base_dir, stage2_dir, tmp_path)
+    assert ok
+    assert ln2_check(loss, margin), (loss, margin)
+    # The same check fails when the reference is the bare base.
+    ok, loss, margin = dpo_first_step(base_dir, stage2_dir, tmp_path / "bare", drop_ref=True)
+    assert not ok
+    assert not ln2_check(loss, margin), (loss, margin)
+
+
+def test_dpo_saves_only_the_trained_adapter(base_dir, stage2_dir, tmp_path):
+    import json
+
+    from kospi_ft.training.dpo import train_dpo
+
+    metrics = train_dpo(DPOParams(epochs=1, max_steps=1, lr=5e-7, batch_size=1, max_seq_length=256, save_steps=10),
+                        model_name=base_dir, backend="hf", load_in_4bit=True, data_path=FIXTURES / "dpo_pairs.jsonl",
+                        stage2_adapter=stage2_dir, paths=run_paths(tmp_path, "stage3"))
+    assert metrics["step0_loss"] == pytest.approx(LN2, abs=1e-3) and metrics["step0_reward_margin"] == 0
+    out = tmp_path / "stage3"
+    assert not (out / "ref").exists()
+    assert json.loads((out / "resolved_config.json").read_text())["init_adapter"] == str(stage2_dir)
+    saved = adapter_tensors(out)
+    assert saved.keys() == adapter_tensors(stage2_dir).keys()
+    assert (tmp_path / "live-stage3" / "plots" / "metrics" / "rewards" / "margins.tsv").is_file()
+
+
+def test_cli_flags_override_params_and_are_validated():
+    from stages.sft import main
+
+    with pytest.raises(ParamsError, match=r"stage1\.lr: Input should be greater than 0 \(got -1.0\)"):
+        main(["--stage", "stage1", "--lr", "-1"])
+    from stages.dpo import main as dpo_main
+
+    with pytest.raises(ParamsError, match=r"dpo\.beta: Input should be greater than 0"):
+        dpo_main(["--beta", "0"])
+
+
+# --- GPU (unsloth backend, TRL 1.15 there) -------------------------------------------------------------------------
+
+@pytest.mark.gpu
+def test_unsloth_sft_then_dpo_starts_at_ln2(base_dir, tmp_path):
+    backend = backends.prepare_backend("unsloth")
+    metrics = train_sft(SFTParams(**(SFT | {"max_steps": 3})), stage="stage1", model_name=base_dir, backend=backend,
+                        load_in_4bit=True, data_path=FIXTURES / "stage1.jsonl", init_adapter=None,
+                        paths=run_paths(tmp_path, "s1", live=False))  # GPU images may lack dvclive
+    assert metrics["backend"] == "unsloth" and metrics["tokens_seen"] > 0 and math.isfinite(metrics["final_loss"])
+    from kospi_ft.training.dpo import train_dpo
+
+    metrics = train_dpo(DPOParams(epochs=1, max_steps=1, lr=5e-7, batch_size=1, max_seq_length=256, save_steps=10),
+                        model_name=base_dir, backend=backend, load_in_4bit=True,
+                        data_path=FIXTURES / "dpo_pairs.jsonl", stage2_adapter=tmp_path / "s1",
+                        paths=run_paths(tmp_path, "s3", live=False))
+    assert metrics["step0_loss"] == pytest.approx(LN2, abs=1e-3) and metrics["step0_reward_margin"] == 0
+
+
+def test_packed_documents_do_not_attend_across_the_boundary_on_cpu(base_dir):
+    """What the padding-free SFT collator feeds the hf backend: one row, position_ids restarting per document, and
+    use_cache=False as SFTTrainer.compute_loss sets it (with a cache, transformers skips packed-sequence masking)."""
+    model, tok = backends.load_base(base_dir, "hf", 512)
+    a = torch.tensor(tok("코스피 지수가 상승했다. " * 8).input_ids)
+    b = torch.tensor(tok("Samsung Electronics PER is 12. " * 6).input_ids)
+    row = torch.cat([a, b])[None]
+    with torch.no_grad():
+        alone = model(input_ids=b[None], position_ids=torch.arange(len(b))[None], use_cache=False).logits[0]
+        restart = torch.cat([torch.arange(len(a)), torch.arange(len(b))])[None]
+        packed = model(input_ids=row, position_ids=restart, use_cache=False)
+        crossed = model(input_ids=row, position_ids=torch.arange(row.shape[1])[None], use_cache=False)
+    torch.testing.assert_close(packed.logits[0, len(a):], alone, rtol=0, atol=1e-5)
+    assert (crossed.logits[0, len(a):] - alone).abs().max() > 1e-3
