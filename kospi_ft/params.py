@@ -164,3 +164,10 @@ Preset = Literal["embedded", "real"]
 
 def add_params_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default=str(PARAMS_FILE), help="params file (default: %(default)s)")
+
+
+def parse_stage_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, dict, Paths]:
+    """A stage's flags, then params.yaml (or --params) read once: (args, raw params, paths)."""
+    args = parser.parse_args(argv)
+    raw = read_raw(args.params)
+    return args, raw, load_paths(raw=raw)

@@ -71,9 +71,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    raw = params.read_raw(args.params)
-    paths = params.load_paths(raw=raw)
+    args, raw, paths = params.parse_stage_args(build_parser(), argv)
     cfg = params.load("dpo_pairs", DpoPairsParams, raw=raw, overrides={
         "count": args.count, "seed": args.seed, "collect_model_rejects": args.collect_model_rejects,
         "model": args.model, "model_reject_ratio": args.model_reject_ratio, "backend": args.backend,

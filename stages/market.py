@@ -54,9 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    raw = params.read_raw(args.params)
-    paths = params.load_paths(raw=raw)
+    args, raw, paths = params.parse_stage_args(build_parser(), argv)
     cfg = params.load("market", MarketParams, raw=raw, overrides={
         "source": args.source, "start": args.start, "end": args.end, "seed": args.seed,
         "extra_tickers": args.extra_tickers})

@@ -45,9 +45,7 @@ def timeline_csv(store: MarketSnapshotStore) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    raw = params.read_raw(args.params)
-    paths = params.load_paths(raw=raw)
+    args, raw, paths = params.parse_stage_args(build_parser(), argv)
     cfg = params.load("snapshots", SnapshotParams, raw=raw,
                       overrides={"start_date": args.start_date, "end_date": args.end_date})
     if cfg.start_date > cfg.end_date:

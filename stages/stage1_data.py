@@ -52,9 +52,7 @@ def overrides(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    raw = params.read_raw(args.params)
-    paths = params.load_paths(raw=raw)
+    args, raw, paths = params.parse_stage_args(build_parser(), argv)
     cfg = hfdata.load_params(overrides=overrides(args), raw=raw)
 
     tables, origins = {}, {}

@@ -42,9 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    raw = params.read_raw(args.params)
-    paths = params.load_paths(raw=raw)
+    args, raw, paths = params.parse_stage_args(build_parser(), argv)
     cfg = params.load("synthesize", SynthesizeParams, raw=raw, overrides={
         "count": args.count, "eval_count": args.eval_count, "use_real_data": args.use_real_data,
         "start_date": args.start_date, "end_date": args.end_date, "real_data_ratio": args.real_data_ratio,
