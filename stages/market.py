@@ -10,7 +10,7 @@ import logging
 import re
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from kospi_ft import atomic, market, params
 from kospi_ft.simulate import SimConfig, simulate
@@ -32,11 +32,14 @@ class MarketParams(params.Section):
             raise ValueError("must be a month as YYYY-MM")
         return str(v)
 
+    @model_validator(mode="after")
+    def _ordered(self) -> "MarketParams":
+        if self.start > self.end:  # YYYY-MM strings sort as months do
+            raise ValueError(f"market.start ({self.start}) is after market.end ({self.end})")
+        return self
+
     def months(self) -> market.MonthRange:
-        rng = market.MonthRange((int(self.start[:4]), int(self.start[5:])), (int(self.end[:4]), int(self.end[5:])))
-        if rng.start > rng.end:
-            raise ValueError
-        return rng
+        return market.MonthRange((int(self.start[:4]), int(self.start[5:])), (int(self.end[:4]), int(self.end[5:])))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,11 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = params.load("market", MarketParams, raw=raw, overrides={
         "source": args.source, "start": args.start, "end": args.end, "seed": args.seed,
         "extra_tickers": args.extra_tickers})
-    try:
-        months = cfg.months()
-    except ValueError:
-        raise params.ParamsError(f"params.yaml: market.start ({cfg.start}) is after market.end ({cfg.end})") from None
-    start, end = market.month_bounds(months.months())
+    start, end = market.month_bounds(cfg.months().months())
     out = args.output or paths.market_dir
 
     if cfg.source == "simulate":

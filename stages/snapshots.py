@@ -11,6 +11,8 @@ import argparse
 import datetime as dt
 import logging
 
+from pydantic import model_validator
+
 from kospi_ft import atomic, params
 from kospi_ft.snapshot import MarketSnapshotStore
 
@@ -20,6 +22,12 @@ log = logging.getLogger("snapshots")
 class SnapshotParams(params.Section):
     start_date: dt.date
     end_date: dt.date
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "SnapshotParams":
+        if self.start_date > self.end_date:
+            raise ValueError(f"snapshots.start_date ({self.start_date}) is after snapshots.end_date ({self.end_date})")
+        return self
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,8 +56,6 @@ def main(argv: list[str] | None = None) -> None:
     args, raw, paths = params.parse_stage_args(build_parser(), argv)
     cfg = params.load("snapshots", SnapshotParams, raw=raw,
                       overrides={"start_date": args.start_date, "end_date": args.end_date})
-    if cfg.start_date > cfg.end_date:
-        raise params.ParamsError(f"params.yaml: snapshots.start_date ({cfg.start_date}) is after end_date ({cfg.end_date})")
     store = MarketSnapshotStore.from_market(args.input or paths.market_dir, cfg.start_date, cfg.end_date, progress=True)
     counts = store.regime_counts()
     with atomic.atomic_path(args.output or paths.snapshots_dir, is_dir=True) as tmp:
