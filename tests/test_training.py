@@ -257,6 +257,43 @@ def test_dpo_reference_is_the_stage2_model(base_dir, stage2_dir, tmp_path):
     assert not ln2_check(loss, margin), (loss, margin)
 
 
+def test_completion_only_scoring_keeps_the_dpo_loss_and_gradients(base_dir, stage2_dir, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from trl.trainer import utils as trl_utils
+
+    from kospi_ft.training.dpo import completion_only_scoring
+
+    trainer = build_dpo_trainer(
+        DPOParams(epochs=1, max_steps=1, lr=5e-7, batch_size=2, max_seq_length=256, save_steps=10),
+        model_name=base_dir, backend="hf", load_in_4bit=True, data=load_pairs(FIXTURES / "dpo_pairs.jsonl"),
+        stage2_adapter=stage2_dir, paths=run_paths(tmp_path, "dpo", live=False))
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    scored = []  # positions each LM-head call projects
+    chunked = trl_utils._ChunkedLogProbFunction
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", SimpleNamespace(
+        apply=lambda hidden, *rest: scored.append(hidden.shape[0]) or chunked.apply(hidden, *rest)))
+    trainer.model.train()
+
+    def loss_and_grads():
+        trainer.model.zero_grad()
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+    full_loss, full_grads = loss_and_grads()
+    with completion_only_scoring():
+        compact_loss, compact_grads = loss_and_grads()
+    assert not trl_utils._use_triton(torch.device("cpu"))  # restored
+    completion = int((batch["completion_mask"][:, 1:] == 1).sum())
+    assert scored == [batch["input_ids"][:, 1:].numel()] * 2 + [completion] * 2  # policy + reference, each way
+    assert completion < scored[0] / 2
+    assert torch.allclose(compact_loss, full_loss, atol=1e-6)
+    assert full_grads.keys() == compact_grads.keys() and full_grads
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(compact_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
 def test_dpo_saves_only_the_trained_adapter(base_dir, stage2_dir, tmp_path):
     import json
 

@@ -9,6 +9,7 @@ step's loss and margins in the metrics and warns when they are off.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from pathlib import Path
@@ -68,6 +69,31 @@ def build_dpo_trainer(params: DPOParams, *, model_name: str, backend: str, load_
     return trainer
 
 
+@contextlib.contextmanager
+def completion_only_scoring():
+    """Make TRL's fused LM head score only the completion positions on CPU too.
+
+    TRL (1.15, 1.16) projects just the positions with a label on Triton devices; elsewhere it projects every
+    position so that compiled tile shapes stay fixed. Eager CPU compiles nothing, and here prompts are ~2,100
+    tokens against ~500-token answers, so scoring every position is ~5x the LM-head work (151,936 columns) for the
+    same log-probs (tests/test_training.py compares both). A TRL without this switch is left as it is.
+    """
+    try:
+        from trl.trainer import utils as trl_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        yield
+        return
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
 def reference_is_policy(trainer) -> bool:
     """Whether TRL set up the frozen `ref` adapter (reference = the loaded Stage 2 adapter)."""
     peft_config = getattr(trainer.accelerator.unwrap_model(trainer.model), "peft_config", {})
@@ -90,7 +116,7 @@ def train_dpo(params: DPOParams, *, model_name: str, backend: str, load_in_4bit:
                                 data=data, stage2_adapter=stage2_adapter, paths=paths, callbacks=callbacks)
     if not reference_is_policy(trainer):
         log.warning("DPO reference is not a frozen copy of the Stage 2 adapter; margins will not start at 0")
-    with Timer() as timer:
+    with Timer() as timer, completion_only_scoring():
         result = trainer.train(resume_from_checkpoint=resume_from)
     metrics = summarize(trainer, result, timer.seconds, RunInfo(
         stage="stage3", backend=backend, base_model=model_name, init_adapter=str(stage2_adapter)), resume_from)

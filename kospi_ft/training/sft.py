@@ -31,10 +31,11 @@ log = logging.getLogger(__name__)
 class SFTParams(TrainParams, LoraParams):
     """params.yaml `stage1` (and the base of `stage2`)."""
 
-    # bfd: exact (documents never attend to each other), rows of varying length; needs a block mask on GPUs
-    #   without flash-attn. Measured 7B QLoRA, H200, seq 2048 x 2, unsloth: 5.2k tok/s (raw unsloth loop 10.6k).
-    # wrapped: concatenate and cut into full fixed rows, plain causal attention: 7.5k tok/s (8.6k median step) on
-    #   the same card, but attention crosses document boundaries and an answer can be cut in two.
+    # bfd: exact (documents never attend to each other), rows of varying length; unsloth runs one attention call
+    #   per document unless it has a varlen kernel (flash-attn, xformers or torch >= 2.12). Measured 7B QLoRA, H200,
+    #   torch 2.11, seq 2048 x 2, ga 8, unsloth: 8.1k tok/s (raw unsloth loop 10.5k).
+    # wrapped: concatenate and cut into full fixed rows, plain causal attention: 10.3k tok/s on the same card, but
+    #   attention crosses document boundaries (separated by <|im_end|>) and an answer can be cut in two.
     packing_strategy: Literal["bfd", "wrapped"] = "bfd"
 
 
