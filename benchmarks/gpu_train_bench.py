@@ -105,10 +105,10 @@ def bench_sft(args) -> dict:
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text(encoding="utf-8"))
     stage1 = P.resolved({**raw, "preset": "real"}, "stage1")
     overrides = {"epochs": 1, "max_steps": args.steps, "save_steps": 10_000, "logging_steps": 1, "resume": False}
-    for key in ("seq", "bs", "grad_accum", "packing"):
-        if getattr(args, key) is not None:
-            overrides[{"seq": "max_seq_length", "bs": "batch_size", "packing": "packing_strategy"}.get(key, key)] = \
-                getattr(args, key)
+    for flag, key in (("seq", "max_seq_length"), ("bs", "batch_size"), ("grad_accum", "grad_accum"),
+                      ("packing", "packing_strategy")):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
     params = SFTParams.model_validate({**stage1, **overrides})
     tmp = Path(tempfile.mkdtemp())
     clock = step_clock()

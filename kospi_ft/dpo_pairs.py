@@ -37,10 +37,11 @@ from tqdm import tqdm
 from . import params as params_mod
 from .errors import DataValidationError
 from .evaluation.parsing import extract_json
+from .quotas import allocate
 from .regime import Regime
 from .schema import HALLUCINATION as HALLUCINATION_ERROR, TaskType, quality_issues, schema_errors, validate_response
 from .strategy import REGIME_ORDER, RULES, rule_violations
-from .synthetic import Draws, allocate, answer_json
+from .synthetic import Draws, answer_json
 from .universe import TICKERS, UNIVERSE
 
 if TYPE_CHECKING:

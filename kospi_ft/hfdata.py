@@ -21,7 +21,7 @@ Per dataset, rows are visited in a seeded random order and each row goes through
 until the dataset's quota is filled or its rows run out. The kept records of all datasets are then shuffled
 once with the seed. Every step is deterministic, so the same params give a byte-identical JSONL.
 
-Quotas (rounding rule): `allocate(total, ratios)` gives dataset i floor(total * r_i) with the ratios as exact
+Quotas (rounding rule): `quotas.allocate(total, ratios)` gives dataset i floor(total * r_i) with the ratios as exact
 decimals (normalised to sum 1), then hands the remaining units one each to the largest fractional parts,
 ties broken by registry order (Hamilton's largest-remainder method). The quotas always sum to `total` and each
 differs from total * r_i by less than 1. A dataset that runs out before its quota is a shortfall: logged as a
@@ -41,7 +41,6 @@ import socket
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Protocol, Sequence
 from urllib.parse import urlparse
@@ -51,6 +50,7 @@ from pydantic import Field, field_validator
 
 from . import params
 from .errors import DataValidationError, ParamsError, PipelineError
+from .quotas import allocate
 
 log = logging.getLogger(__name__)
 
@@ -224,28 +224,6 @@ class Stage1DataParams(params.Section):
 def load_params(overrides: Mapping[str, Any] | None = None, path: str | os.PathLike | None = None,
                 raw: Mapping | None = None) -> Stage1DataParams:
     return params.load("stage1_data", Stage1DataParams, overrides=overrides, path=path, raw=raw)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Quotas
-# --------------------------------------------------------------------------------------------------------------
-def allocate(total: int, ratios: Mapping[str, float]) -> dict[str, int]:
-    """Split `total` by `ratios` (largest remainder, ties by the mapping's order); see the module docstring."""
-    if total < 0:
-        raise ValueError(f"total must be >= 0, got {total}")
-    keys = list(ratios)
-    # str(float) is the shortest decimal that round-trips, so 0.1 becomes exactly 1/10 here: no float error
-    # can move a unit between datasets.
-    exact = [Fraction(str(ratios[k])) for k in keys]
-    norm = sum(exact)
-    if norm <= 0:
-        raise ValueError("ratios must have a positive sum")
-    shares = [total * r / norm for r in exact]
-    quotas = [math.floor(s) for s in shares]
-    by_remainder = sorted(range(len(keys)), key=lambda i: (-(shares[i] - quotas[i]), i))
-    for i in by_remainder[:total - sum(quotas)]:
-        quotas[i] += 1
-    return dict(zip(keys, quotas))
 
 
 # --------------------------------------------------------------------------------------------------------------

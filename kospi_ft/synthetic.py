@@ -35,6 +35,7 @@ from tqdm import tqdm
 from . import params as params_mod
 from .errors import PipelineError
 from .prompts import QUANT_SYSTEM_PROMPT
+from .quotas import allocate
 from .regime import Regime, classify
 from .scenarios import FX_SENSITIVITY, SHOCKS, US_EVENTS, Shock, UsEvent
 from .schema import RESPONSE_MODELS, TaskType, quality_issues
@@ -101,19 +102,6 @@ class SynthesizeParams(params_mod.Section):
 
 
 # ---- counting ----------------------------------------------------------------------------------------------
-
-def allocate(total: int, shares: Mapping[K, float]) -> dict[K, int]:
-    """Split `total` by `shares` with the largest-remainder rule (ties: earlier key first). Sums to total."""
-    weight = math.fsum(shares.values())
-    quotas = {k: total * s / weight for k, s in shares.items()}
-    counts = {k: math.floor(q + 1e-9) for k, q in quotas.items()}
-    left = total - sum(counts.values())
-    order = sorted(range(len(quotas)), key=lambda i: (-(list(quotas.values())[i] - list(counts.values())[i]), i))
-    keys = list(quotas)
-    for i in order[:left]:
-        counts[keys[i]] += 1
-    return counts
-
 
 def round_half_up(x: float) -> int:
     return math.floor(x + 0.5)

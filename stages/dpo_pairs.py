@@ -29,7 +29,7 @@ from kospi_ft import atomic, params
 from kospi_ft.dpo_pairs import (
     DpoPairsParams, ModelRejectStats, collect_model_rejects, combine, model_reject_target,
 )
-from kospi_ft.errors import DataValidationError, PipelineError
+from kospi_ft.jsonl import read_jsonl
 
 log = logging.getLogger("dpo_pairs")
 
@@ -56,20 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        raise PipelineError(f"{path}: SFT set not found (run `dvc repro synthesize`)")
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise DataValidationError(f"{path}:{n}: not JSON ({err.msg})") from None
-    return records
-
-
 def main(argv: list[str] | None = None) -> None:
     args, raw, paths = params.parse_stage_args(build_parser(), argv)
     cfg = params.load("dpo_pairs", DpoPairsParams, raw=raw, overrides={
@@ -78,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         "temperature": args.temperature})
     progress = not args.no_progress
     source = Path(args.input or paths.synthetic)
-    records = read_jsonl(source)
+    records = [r for _, r in read_jsonl(source, what="SFT set", hint="run `dvc repro synthesize`")]
     model_pairs: list[dict] = []
     if cfg.collect_model_rejects:
         model_pairs, stats = sample_model_rejects(cfg, raw, records, args.ollama_url, progress, str(source))

@@ -7,7 +7,6 @@ The eval set is the synthetic stage's JSONL (`paths.eval_set`): `{"messages": [s
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import DataValidationError
+from ..jsonl import read_jsonl
 from ..schema import TaskType
 from .backends import Backend, Message
 from .metrics import ReplyScore, aggregate, score_reply
@@ -35,32 +35,22 @@ class EvalRecord:
 def load_eval_set(path: Path) -> list[EvalRecord]:
     """Read and check the eval JSONL; errors name the file, line and field."""
     path = Path(path)
-    if not path.is_file():
-        raise DataValidationError(f"{path}: eval set not found (run the synthesize stage: `dvc repro synthesize`)")
     tasks = {t.value for t in TaskType}
     records: list[EvalRecord] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except ValueError as err:
-                raise DataValidationError(f"{where}: not JSON ({err})") from None
-            task = row.get("task") if isinstance(row, dict) else None
-            if task not in tasks:
-                raise DataValidationError(f"{where}: field `task` is {task!r}, expected one of {sorted(tasks)}")
-            messages = row.get("messages")
-            if (not isinstance(messages, list) or len(messages) < 2
-                    or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)
-                    or messages[-1].get("role") != "assistant"):
-                raise DataValidationError(f"{where}: field `messages` must be a list of {{role, content}} "
-                                          f"ending with the assistant's reference answer")
-            prompt = [{"role": str(m["role"]), "content": m["content"]} for m in messages[:-1]]
-            records.append(EvalRecord(task=task, prompt=prompt, reference=messages[-1]["content"]))
-    if not records:
-        raise DataValidationError(f"{path}: eval set is empty")
+    for lineno, row in read_jsonl(path, what="eval set", hint="run the synthesize stage: `dvc repro synthesize`",
+                                  missing=DataValidationError):
+        where = f"{path}:{lineno}"
+        task = row.get("task") if isinstance(row, dict) else None
+        if task not in tasks:
+            raise DataValidationError(f"{where}: field `task` is {task!r}, expected one of {sorted(tasks)}")
+        messages = row.get("messages")
+        if (not isinstance(messages, list) or len(messages) < 2
+                or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)
+                or messages[-1].get("role") != "assistant"):
+            raise DataValidationError(f"{where}: field `messages` must be a list of {{role, content}} "
+                                      f"ending with the assistant's reference answer")
+        prompt = [{"role": str(m["role"]), "content": m["content"]} for m in messages[:-1]]
+        records.append(EvalRecord(task=task, prompt=prompt, reference=messages[-1]["content"]))
     return records
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import Field
 
 from .. import atomic
-from ..errors import DataValidationError, PipelineError
+from ..errors import DataValidationError
 from ..params import Section
 from . import backends
 
@@ -60,23 +60,6 @@ class RunInfo:
     backend: str
     base_model: str
     init_adapter: str | None
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not Path(path).is_file():
-        raise PipelineError(f"{path}: training data not found (run the stage that writes it first)")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataValidationError(f"{path}:{n}: not valid JSON ({err.msg})") from None
-    if not records:
-        raise DataValidationError(f"{path}: no records")
-    return records
 
 
 def check_messages(messages: Any, where: str, roles=("system", "user", "assistant")) -> list[dict]:

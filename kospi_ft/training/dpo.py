@@ -18,9 +18,10 @@ from pydantic import Field
 
 from .. import atomic
 from ..errors import DataValidationError
+from ..jsonl import read_jsonl
 from . import backends
 from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, finite, first_log, prepare_checkpoints,
-                     read_jsonl, run_summary, save_adapter, trainer_arguments, training_callbacks)
+                     run_summary, save_adapter, trainer_arguments, training_callbacks)
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class DPOParams(TrainParams):
 def load_pairs(path: Path) -> list[dict]:
     """Conversational preference records: prompt [system, user], chosen/rejected [assistant]."""
     out = []
-    for n, record in enumerate(read_jsonl(path), 1):
+    for n, record in read_jsonl(path, what="training data", hint="run the stage that writes it first"):
         where = f"{path}:{n}"
         prompt = check_messages(record.get("prompt"), f"{where}: prompt", roles=("system", "user"))
         chosen = check_messages(record.get("chosen"), f"{where}: chosen", roles=("assistant",))

@@ -20,9 +20,10 @@ from typing import Literal
 
 from .. import atomic
 from ..errors import DataValidationError
+from ..jsonl import read_jsonl
 from . import backends
 from .backends import LoraParams
-from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, prepare_checkpoints, read_jsonl,
+from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, prepare_checkpoints,
                      run_summary, save_adapter, trainer_arguments, training_callbacks)
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class Stage2Params(SFTParams):
 def load_conversations(path: Path) -> list[dict]:
     """Chat records `{"messages": [...], ...}` -> `{"messages": [...]}` with at least one assistant turn."""
     out = []
-    for n, record in enumerate(read_jsonl(path), 1):
+    for n, record in read_jsonl(path, what="training data", hint="run the stage that writes it first"):
         messages = check_messages(record.get("messages"), f"{path}:{n}: messages")
         if not any(m["role"] == "assistant" for m in messages):
             raise DataValidationError(f"{path}:{n}: messages: no assistant turn to learn from")

@@ -1,0 +1,33 @@
+"""Reading the pipeline's JSONL files (one JSON value per line, as `atomic.write_jsonl` writes them)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import DataValidationError, PipelineError
+
+
+def read_jsonl(path: str | os.PathLike, *, what: str, hint: str,
+               missing: type[PipelineError] = PipelineError) -> list[tuple[int, Any]]:
+    """(line number, value) for every non-blank line, so callers can name the line at fault.
+
+    A missing file raises `missing` naming `what` and `hint` (which stage writes it); a line that is not JSON or a
+    file without records raises DataValidationError naming the file (and line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise missing(f"{path}: {what} not found ({hint})")
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append((n, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise DataValidationError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+    if not records:
+        raise DataValidationError(f"{path}: {what} is empty")
+    return records
