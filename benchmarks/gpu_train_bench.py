@@ -83,6 +83,48 @@ def step_clock():
     return StepClock()
 
 
+def record_batch_shapes(trainer) -> list[tuple]:
+    """Record each micro-batch's input_ids shape (+ packed segment count) at the collator (unsloth wraps torch_call
+    too, so this wraps that rather than replacing the collator object)."""
+    shapes: list[tuple] = []
+    collator = trainer.data_collator
+    collate = collator.torch_call
+
+    def recording(examples):
+        batch = collate(examples)
+        segments = batch.get("packed_seq_lengths")
+        shapes.append((*batch["input_ids"].shape, 0 if segments is None else int(segments.numel())))
+        return batch
+
+    collator.torch_call = recording
+    return shapes
+
+
+def rows_layout(trainer, keep_mask: bool) -> None:
+    """Variant: feed wrapped rows as a bs x seq batch instead of unsloth's padding-free packed row (1 x bs*seq with
+    packed_seq_lengths), i.e. the anchor's layout; `layout` measured the packed row ~5% slower per micro-batch.
+    Undoes unsloth's collator wrapper (an instance attribute over the class's torch_call)."""
+    collator = trainer.data_collator
+    collator.padding_free = False
+    collator.return_position_ids = False
+    collator.__dict__.pop("torch_call", None)
+    collator.__dict__.pop("_unsloth_packing_wrapped", None)
+    if not keep_mask:
+        import torch
+
+        collate = collator.torch_call
+
+        def no_mask(examples):
+            batch = collate(examples)
+            if "attention_mask" in batch and bool(batch["attention_mask"].all()):
+                # Full rows: causal attention without a mask, as the anchor runs (TRL's loss wants one of the two).
+                mask = batch.pop("attention_mask")
+                batch["position_ids"] = torch.arange(mask.shape[1]).expand_as(mask).contiguous()
+            return batch
+
+        collator.torch_call = no_mask
+
+
 def run_paths(tmp: Path, name: str):
     from kospi_ft.training.common import RunPaths
 
@@ -122,6 +164,12 @@ def bench_sft(args) -> dict:
     # batch holds sum(row lengths) tokens and no pad; fill = that over the bs x seq capacity.
     lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
     labels, total = count_label_tokens(trainer.train_dataset)
+    if args.no_token_count:
+        # Variant: without the Trainer's per-micro-batch token count (one device sync each); tokens from the collator.
+        trainer.args.include_num_input_tokens_seen = "no"
+    if args.layout != "packed":
+        rows_layout(trainer, keep_mask=args.layout == "rows")
+    shapes = record_batch_shapes(trainer)
     loader = trainer.get_train_dataloader()
     batch_tokens, batch_pad = [], []
     for i, batch in enumerate(loader):
@@ -131,7 +179,12 @@ def bench_sft(args) -> dict:
         pad = int((batch["attention_mask"] == 0).sum()) if "attention_mask" in batch else 0
         batch_tokens.append(int(ids.numel()) - pad)
         batch_pad.append(pad)
+    counted = len(shapes)  # the count above drew (and collated) its own batches
     result = trainer.train()
+    train_shapes = shapes[counted:]
+    if not any(clock.tokens):
+        ga = params.grad_accum
+        clock.tokens = [sum(b * n for b, n, _ in train_shapes[i * ga:(i + 1) * ga]) for i in range(len(clock.times))]
     # Steady state: the first steps compile (unsloth compiles each decoder block; new row lengths recompile).
     def rate(first: int) -> tuple[float, float]:
         t, n = clock.times[first:], clock.tokens[first:]
@@ -139,19 +192,27 @@ def bench_sft(args) -> dict:
 
     tok_s, med = rate(2)
     tok_s_tail, med_tail = rate(len(clock.times) // 2)
+    # The anchor's statistic (tokens of a step over the median steady step time), per step here since a step's
+    # token count can vary with packing.
+    tok_s_median = statistics.median(n / t for n, t in zip(clock.tokens[2:], clock.times[2:]))
     tokens_per_step = statistics.mean(clock.tokens[2:])
     out = {
         "bench": "pipeline_sft", "backend": backend, "packing": params.packing_strategy,
+        "variant": "no_token_count" if args.no_token_count else None, "layout": args.layout,
         "trl": __import__("trl").__version__, "seq": params.max_seq_length, "bs": params.batch_size,
         "grad_accum": params.grad_accum, "cudnn_sdp": torch.backends.cuda.cudnn_sdp_enabled(),
         "load_s": round(load_s, 1), "step_s_median": round(med, 3),
         "tokens_per_step": round(tokens_per_step, 1),
         "tokens_per_s": round(tok_s), "tokens_per_s_second_half": round(tok_s_tail),
+        "tokens_per_s_median_step": round(tok_s_median),
         "step_s_median_second_half": round(med_tail, 3),
         "non_pad_fraction": round(sum(batch_tokens) / (sum(batch_tokens) + sum(batch_pad)), 4),
         "fill_of_capacity": round(
             tokens_per_step / (params.batch_size * params.grad_accum * params.max_seq_length), 4),
         "packed_rows": len(lengths), "mean_row_tokens": round(statistics.mean(lengths), 1),
+        "rows_shorter_than_seq": sum(n < params.max_seq_length for n in lengths), "min_row_tokens": min(lengths),
+        "micro_batches": len(train_shapes), "distinct_batch_shapes": len(set(train_shapes)),
+        "batch_shapes_first": train_shapes[:12],
         "label_token_fraction": round(labels / total, 4),
         "peak_alloc_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "peak_reserved_GiB": round(torch.cuda.max_memory_reserved() / 2**30, 2),
@@ -215,6 +276,92 @@ def bench_dpo(args) -> dict:
             "gpu": torch.cuda.get_device_name(0)}
 
 
+def bench_layout(args) -> dict:
+    """One micro-batch of 4,096 tokens through the pipeline's model + AdamW-8bit, laid out three ways: the anchor's
+    2 x 2048 rows, unsloth's padding-free packed row (1 x 4096, two segments), and that with the loss on 39% of the
+    tokens (SFT's assistant-only labels). Median seconds of fwd+bwd+step; tells where the pipeline's time goes."""
+    from kospi_ft.training import backends
+
+    backend = backends.prepare_backend(args.backend)
+    import bitsandbytes as bnb
+    import torch
+
+    seq = args.seq or 2048
+    model, _ = backends.load_base(args.model, backend, seq, True)
+    model = backends.attach_lora(model, backends.LoraParams(), backend, 0)
+    model.train()
+    opt = bnb.optim.AdamW8bit([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    vocab = model.config.vocab_size
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def batch(layout: str) -> dict:
+        ids = torch.randint(0, vocab - 1, (2, seq), device="cuda", generator=gen)
+        if layout == "rows":
+            return {"input_ids": ids, "labels": ids}
+        labels = ids.clone()
+        labels[:, 0] = -100
+        if layout == "packed_masked":
+            labels[:, : int(seq * 0.61)] = -100
+        pos = torch.arange(seq, device="cuda").repeat(2)
+        return {"input_ids": ids.reshape(1, -1), "labels": labels.reshape(1, -1), "position_ids": pos[None],
+                "packed_seq_lengths": torch.tensor([seq, seq], dtype=torch.int32, device="cuda")}
+
+    out = {"bench": "layout", "backend": backend}
+    for name, layout in (("rows", "rows"), ("packed", "packed"), ("packed_masked", "packed_masked"),
+                         ("rows_again", "rows")):
+        times = []
+        for i in range(3 + args.steps):
+            b = batch(layout)
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            model(**b).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            if i >= 3:
+                times.append(time.perf_counter() - t)
+        out[f"{name}_s_median"] = round(statistics.median(times), 4)
+        out[f"{name}_tokens_per_s"] = round(2 * seq / statistics.median(times))
+    return out
+
+
+def bench_profile(args) -> dict:
+    """torch.profiler over two steady optimizer steps of the pipeline's Stage 1 trainer: top ops by CPU and GPU."""
+    from kospi_ft.training import backends
+
+    backend = backends.prepare_backend(args.backend)
+    import torch
+    from transformers import TrainerCallback
+
+    from kospi_ft.training.sft import SFTParams, build_sft_trainer
+
+    class Profile(TrainerCallback):
+        def __init__(self):
+            self.prof = torch.profiler.profile(activities=list(torch.profiler.supported_activities()))
+
+        def on_step_begin(self, args_, state, control, **kw):
+            if state.global_step == 3:
+                self.prof.__enter__()
+
+        def on_step_end(self, args_, state, control, **kw):
+            if state.global_step == 5:
+                torch.cuda.synchronize()
+                self.prof.__exit__(None, None, None)
+
+    params = SFTParams(epochs=1, max_steps=6, lr=2e-4, batch_size=args.bs or 2, grad_accum=args.grad_accum or 8,
+                       max_seq_length=args.seq or 2048, save_steps=10_000, packing_strategy="wrapped")
+    prof = Profile()
+    trainer = build_sft_trainer(params, model_name=args.model, backend=backend, load_in_4bit=True,
+                                data=conversations(args.records, 0), init_adapter=None,
+                                paths=run_paths(Path(tempfile.mkdtemp()), "prof"), callbacks=[prof])
+    trainer.train()
+    table = prof.prof.key_averages()
+    for key in ("self_cpu_time_total", "self_device_time_total"):
+        print(table.table(sort_by=key, row_limit=22, max_name_column_width=60), flush=True)
+    events = prof.prof.events()
+    return {"bench": "profile", "backend": backend, "events": len(events)}
+
+
 def attention_info() -> dict:
     """The packed-attention route on this machine: flash-attn / xformers / torch varlen, and SDPA's kernel choice."""
     import unsloth  # noqa: F401  (patches first)
@@ -250,6 +397,8 @@ def ratio(args) -> None:
                               "raw_unsloth_tokens_per_s": raw,
                               "ratio_vs_raw_unsloth": round(r["tokens_per_s"] / raw, 3),
                               "ratio_second_half": round(r.get("tokens_per_s_second_half", 0) / raw, 3),
+                              "ratio_median_step": round(r.get("tokens_per_s_median_step", 0) / raw, 3),
+                              "variant": r.get("variant"), "layout": r.get("layout"),
                               "pipeline_peak_alloc_GiB": r["peak_alloc_GiB"],
                               "raw_unsloth_peak_alloc_GiB": anchor["unsloth"]["peak_alloc_GiB"]}))
 
@@ -257,7 +406,7 @@ def ratio(args) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("sft", "packing", "dpo"):
+    for name in ("sft", "packing", "dpo", "layout", "profile"):
         p = sub.add_parser(name)
         p.add_argument("--backend", choices=("unsloth", "hf"), required=True)
         p.add_argument("--model", required=True)
@@ -269,6 +418,10 @@ if __name__ == "__main__":
         p.add_argument("--packing", choices=("bfd", "wrapped"), help="sft: default the real preset's")
         p.add_argument("--grad-accum", type=int, help="sft: default the real preset's stage1.grad_accum")
         p.add_argument("--adapter")
+        p.add_argument("--layout", choices=("packed", "rows", "rows_nomask"), default="packed",
+                       help="sft variant (wrapped): micro-batch layout; packed = what unsloth's collator makes")
+        p.add_argument("--no-token-count", action="store_true",
+                       help="sft variant: turn off the Trainer's per-micro-batch token count (a device sync)")
     sub.add_parser("attn", help="which attention kernels unsloth and torch's SDPA would use here")
     r = sub.add_parser("ratio")
     r.add_argument("file")
@@ -278,4 +431,6 @@ if __name__ == "__main__":
     elif a.cmd == "attn":
         print(json.dumps(attention_info()), flush=True)
     else:
-        print(json.dumps({"sft": bench_sft, "packing": bench_packing, "dpo": bench_dpo}[a.cmd](a)), flush=True)
+        modes = {"sft": bench_sft, "packing": bench_packing, "dpo": bench_dpo, "layout": bench_layout,
+                 "profile": bench_profile}
+        print(json.dumps(modes[a.cmd](a)), flush=True)

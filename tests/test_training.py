@@ -157,6 +157,24 @@ def test_sft_trains_lora_only_and_leaves_the_base_bit_identical(base_dir, tmp_pa
     assert 0 < labels < sum(len(r) for r in trainer.train_dataset["input_ids"])
 
 
+def test_wrapped_packing_trains_on_full_rows_only(base_dir, tmp_path):
+    """TRL's wrapped packing leaves a short tail row (a second batch shape); the trainer drops it unless fewer than
+    batch_size full rows would remain."""
+    data = load_conversations(FIXTURES / "stage1.jsonl")
+
+    def row_lengths(batch_size: int) -> list[int]:
+        params = SFTParams(**(SFT | {"max_steps": 1, "max_seq_length": 64, "batch_size": batch_size,
+                                     "packing_strategy": "wrapped"}))
+        trainer = build_sft_trainer(params, model_name=base_dir, backend="hf", load_in_4bit=True, data=data,
+                                    init_adapter=None, paths=run_paths(tmp_path, f"w{batch_size}", live=False))
+        return [len(r) for r in trainer.train_dataset["input_ids"]]
+
+    kept_all = row_lengths(batch_size=10_000)  # too few full rows for one batch: nothing dropped
+    assert min(kept_all) < 64
+    full = row_lengths(batch_size=1)
+    assert full == [n for n in kept_all if n == 64] and len(full) > 1
+
+
 def test_stage1_outputs(stage1_dir):
     import json
 
@@ -167,6 +185,9 @@ def test_stage1_outputs(stage1_dir):
     assert 0 < metrics["label_token_fraction"] < 1
     resolved = json.loads((stage1_dir / "resolved_config.json").read_text())
     assert resolved["params"]["lr"] == SFT["lr"] and resolved["init_adapter"] is None
+    # Written in a fixed order (PEFT's set order changes per process), so the adapter dir hashes the same.
+    modules = json.loads((stage1_dir / "adapter_config.json").read_text())["target_modules"]
+    assert modules == sorted(SFTParams(**SFT).target_modules)
     assert (stage1_dir / "chat_template.jinja").is_file() or "chat_template" in (
         stage1_dir / "tokenizer_config.json").read_text()
     assert (root / "live-stage1" / "plots" / "metrics" / "train" / "loss.tsv").read_text().count("\n") == 4

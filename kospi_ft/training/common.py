@@ -196,8 +196,18 @@ def save_adapter(model, tokenizer, out_dir: Path, resolved: dict) -> None:
     """Adapter + tokenizer + resolved config, atomically. Only the `default` adapter: DPO adds a frozen `ref` copy."""
     with atomic.atomic_path(out_dir, is_dir=True) as tmp:
         model.save_pretrained(str(tmp), selected_adapters=["default"])
+        sort_target_modules(tmp / "adapter_config.json")
         tokenizer.save_pretrained(str(tmp))
         atomic.write_json(tmp / "resolved_config.json", resolved)
+
+
+def sort_target_modules(config_file: Path) -> None:
+    """PEFT keeps target_modules as a set and writes it in hash order, which changes with each Python process:
+    sorted, the adapter dir (a DVC out) hashes the same for the same training."""
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 class Timer:
