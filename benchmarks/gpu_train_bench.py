@@ -137,7 +137,7 @@ def bench_sft(args) -> dict:
 
     backend = backends.prepare_backend(args.backend)
     import torch
-    from kospi_ft.training.sft import SFTParams, build_sft_trainer, count_label_tokens
+    from kospi_ft.training.sft import SFTParams, build_sft_trainer, count_label_tokens, row_lengths
 
     import yaml  # PyYAML (a transformers dependency): the GPU image has no ruamel
 
@@ -162,7 +162,7 @@ def bench_sft(args) -> dict:
     load_s = time.perf_counter() - t0
     # Real tokens in each batch the trainer will draw: padding-free packing flattens a batch into one row, so the
     # batch holds sum(row lengths) tokens and no pad; fill = that over the bs x seq capacity.
-    lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
+    lengths = row_lengths(trainer.train_dataset).tolist()
     labels, total = count_label_tokens(trainer.train_dataset)
     if args.no_token_count:
         # Variant: without the Trainer's per-micro-batch token count (one device sync each); tokens from the collator.

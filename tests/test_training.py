@@ -16,7 +16,8 @@ from kospi_ft.tokenizer import load_tokenizer
 from kospi_ft.training import backends
 from kospi_ft.training.common import RunPaths, prepare_checkpoints
 from kospi_ft.training.dpo import LN2, DPOParams, build_dpo_trainer, load_pairs, reference_is_policy
-from kospi_ft.training.sft import SFTParams, Stage2Params, build_sft_trainer, load_conversations, train_sft
+from kospi_ft.training.sft import (SFTParams, Stage2Params, build_sft_trainer, count_label_tokens,
+                                  load_conversations, train_sft)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "training"
 # Small and fast; no warmup, so every step moves the weights (a 10% warmup makes step 1 run at lr 0).
@@ -154,7 +155,9 @@ def test_sft_trains_lora_only_and_leaves_the_base_bit_identical(base_dir, tmp_pa
             assert torch.equal(old, after[name]), f"frozen {name} changed"
     # The loss is on assistant tokens only: fewer label tokens than tokens.
     labels = sum(sum(1 for t in row if t != -100) for row in trainer.train_dataset["labels"])
-    assert 0 < labels < sum(len(r) for r in trainer.train_dataset["input_ids"])
+    total = sum(len(r) for r in trainer.train_dataset["input_ids"])
+    assert 0 < labels < total
+    assert count_label_tokens(trainer.train_dataset) == (labels, total)  # the Arrow count the metrics use
 
 
 def test_wrapped_packing_trains_on_full_rows_only(base_dir, tmp_path):
