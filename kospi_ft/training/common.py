@@ -207,7 +207,7 @@ def sort_target_modules(config_file: Path) -> None:
     config = json.loads(config_file.read_text(encoding="utf-8"))
     if isinstance(config.get("target_modules"), list):
         config["target_modules"] = sorted(config["target_modules"])
-        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        atomic.write_json(config_file, config)
 
 
 class Timer:
