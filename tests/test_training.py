@@ -17,7 +17,7 @@ from kospi_ft.training import backends
 from kospi_ft.training.common import RunPaths, prepare_checkpoints
 from kospi_ft.training.dpo import LN2, DPOParams, build_dpo_trainer, load_pairs, reference_is_policy
 from kospi_ft.training.sft import (SFTParams, Stage2Params, build_sft_trainer, count_label_tokens,
-                                  load_conversations, train_sft)
+                                  load_conversations, row_batches, train_sft)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "training"
 # Small and fast; no warmup, so every step moves the weights (a 10% warmup makes step 1 run at lr 0).
@@ -176,6 +176,31 @@ def test_wrapped_packing_trains_on_full_rows_only(base_dir, tmp_path):
     assert min(kept_all) < 64
     full = row_lengths(batch_size=1)
     assert full == [n for n in kept_all if n == 64] and len(full) > 1
+
+
+def test_wrapped_rows_are_batched_as_rows_after_unsloth_turned_on_packing():
+    """Unsloth makes TRL's collator padding-free and wraps its torch_call on the instance (a micro-batch becomes one
+    1 x (bs * seq) row); row_batches gives back bs x seq rows with an attention mask, padding a short row."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    collator = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True, return_position_ids=True)
+    collate = collator.torch_call
+
+    def packed(examples):  # what unsloth's enable_sample_packing installs
+        batch = collate(examples)
+        batch["packed_seq_lengths"] = torch.tensor([len(e["input_ids"]) for e in examples], dtype=torch.int32)
+        return batch
+
+    collator.torch_call = packed
+    rows = [{"input_ids": [1, 2, 3, 4], "labels": [-100, 2, 3, 4], "seq_lengths": [4]},
+            {"input_ids": [5, 6, 7, 8], "labels": [5, 6, -100, 8], "seq_lengths": [4]},
+            {"input_ids": [9, 10], "labels": [9, 10], "seq_lengths": [2]}]
+    assert collator(rows)["input_ids"].shape == (1, 10)
+    batch = row_batches(collator)(rows)
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 2, 3, 4], [5, 6, -100, 8], [9, 10, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1] * 4, [1] * 4, [1, 1, 0, 0]]
+    assert "packed_seq_lengths" not in batch and "position_ids" not in batch
 
 
 def test_stage1_outputs(stage1_dir):
