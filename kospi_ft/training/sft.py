@@ -36,7 +36,7 @@ class SFTParams(TrainParams, LoraParams):
     # bfd: exact (documents never attend to each other), rows of varying length; unsloth runs one attention call
     #   per document unless it has a varlen kernel (flash-attn, xformers or torch >= 2.12). Measured 7B QLoRA, H200,
     #   torch 2.11, seq 2048 x 2, ga 8, unsloth: 7.5-8.1k tok/s (raw unsloth loop 10.2-10.6k).
-    # wrapped: concatenate and cut into full fixed rows, plain causal attention: 10.5-11.0k tok/s on the same card
+    # wrapped: concatenate and cut into full fixed rows, plain causal attention: 10.5-11.1k tok/s on the same card
     #   (raw unsloth 10.4-10.5k in the same calls), but attention crosses document boundaries (separated by
     #   <|im_end|>) and an answer can be cut in two. The short tail rows are dropped (see full_rows_only) and the rows are batched as
     #   bs x seq (see row_batches).
