@@ -38,8 +38,8 @@ class SFTParams(TrainParams, LoraParams):
     #   torch 2.11, seq 2048 x 2, ga 8, unsloth: 7.5-8.1k tok/s (raw unsloth loop 10.2-10.6k).
     # wrapped: concatenate and cut into full fixed rows, plain causal attention: 10.5-11.1k tok/s on the same card
     #   (raw unsloth 10.4-10.5k in the same calls), but attention crosses document boundaries (separated by
-    #   <|im_end|>) and an answer can be cut in two. The short tail rows are dropped (see full_rows_only) and the rows are batched as
-    #   bs x seq (see row_batches).
+    #   <|im_end|>) and an answer can be cut in two. The short tail rows are dropped (see full_rows_only) and the
+    #   rows are batched as bs x seq (see row_batches).
     packing_strategy: Literal["bfd", "wrapped"] = "bfd"
 
 
