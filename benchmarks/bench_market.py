@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def measure_store(root: str, start: str, end: str) -> dict:
-    from kospi_ft.snapshot import MarketSnapshotStore
+    from kospi_ft.data.snapshot import MarketSnapshotStore
 
     t0 = time.perf_counter()
     store = MarketSnapshotStore.from_market(root, dt.date.fromisoformat(start), dt.date.fromisoformat(end))
@@ -36,7 +36,7 @@ def measure_pandas(root: str, start: str, end: str) -> dict:
     import numpy as np
     import pandas as pd
 
-    from kospi_ft.regime import classify_arrays
+    from kospi_ft.data.regime import classify_arrays
 
     t0 = time.perf_counter()
     df = pd.read_parquet(root)  # hive partitions, no pruning
@@ -83,9 +83,9 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    from kospi_ft import market
-    from kospi_ft.simulate import SimConfig, simulate
-    from kospi_ft.universe import UNIVERSE
+    from kospi_ft.data import market
+    from kospi_ft.data.simulate import SimConfig, simulate
+    from kospi_ft.data.universe import UNIVERSE
 
     start, end = dt.date(2026 - args.years, 1, 1), dt.date(2025, 12, 31)
     root = Path(args.dir)

@@ -20,7 +20,7 @@ import datasets
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kospi_ft import hfdata  # noqa: E402  (after the path insert: run as a plain script)
+from kospi_ft.data import hfdata  # noqa: E402  (after the path insert: run as a plain script)
 from kospi_ft.tokenizer import load_tokenizer  # noqa: E402
 
 

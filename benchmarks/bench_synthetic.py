@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: import the project's package
 
-from kospi_ft import dpo_pairs, synthetic  # noqa: E402
+from kospi_ft.data import dpo_pairs, synthetic  # noqa: E402
 from kospi_ft.schema import hallucinations, quality_issues, schema_errors  # noqa: E402
 from kospi_ft.strategy import rule_violations  # noqa: E402
 

@@ -116,11 +116,11 @@ def bench_sft(args) -> dict:
 
     import yaml  # PyYAML (a transformers dependency): the GPU image has no ruamel
 
-    from kospi_ft import params as P
+    from kospi_ft import presets
 
     # The real preset's Stage 1 section (spec: bs 2 x ga 8, seq 2048, its packing), shortened to a few steps.
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text(encoding="utf-8"))
-    stage1 = P.resolved({**raw, "preset": "real"}, "stage1")
+    stage1 = presets.applied(raw, "real")["stage1"]
     overrides = {"epochs": 1, "max_steps": args.steps, "save_steps": 10_000, "logging_steps": 1, "resume": False}
     for flag, key in (("seq", "max_seq_length"), ("bs", "batch_size"), ("grad_accum", "grad_accum"),
                       ("packing", "packing_strategy")):

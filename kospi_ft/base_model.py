@@ -47,6 +47,7 @@ class ModelParams(Section):
 
     name: str  # a local HF dir (embedded: models/base) or a hub id (real: unsloth/Qwen2.5-7B-Instruct)
     backend: Backend = "auto"
+    allow_cpu: bool = True  # False: training without a visible CUDA GPU is an error (the real preset)
     load_in_4bit: bool = True  # CUDA only (QLoRA NF4); CPU always trains in fp32
     seed: int = 0
     tiny: TinyShape = TinyShape()

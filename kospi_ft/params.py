@@ -1,8 +1,8 @@
 """Typed, validated access to params.yaml: one pydantic model per stage section, loaded once.
 
-`preset: embedded` (the default) runs anywhere on CPU with the tiny model, fixtures and simulated market.
-`preset: real` deep-merges the `real:` section over the stage sections: Qwen2.5-7B, hub datasets, the user's
-KRX tree and the spec's sizes. Only values that differ between presets appear under `real:`.
+A stage section holds exactly the values the stage runs with; CLI flags override them for one run. Presets
+(`embedded`, the CPU default; `real`, Qwen2.5-7B on a GPU) are written into the sections by
+`python -m stages.preset <name>` (`kospi_ft.presets`), and every read of params.yaml validates them.
 """
 from __future__ import annotations
 
@@ -55,10 +55,16 @@ class Paths(Section):
     eval_results: Path
 
 
-def _yaml():
+def yaml_rt():
+    """ruamel's round-trip YAML: comments, order and quoting survive a load + dump."""
     from ruamel.yaml import YAML
 
-    return YAML(typ="rt")
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 4096  # never re-wrap a line
+    # `null`, as written by hand, not ruamel's empty scalar.
+    yaml.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    return yaml
 
 
 def read_raw(path: str | os.PathLike | None = None) -> dict:
@@ -66,10 +72,14 @@ def read_raw(path: str | os.PathLike | None = None) -> dict:
     if not path.exists():
         raise ParamsError(f"{path}: params file not found (run from the project root, or set KOSPI_FT_PARAMS)")
     with path.open(encoding="utf-8") as f:
-        data = _yaml().load(f)
+        data = yaml_rt().load(f)
     if not isinstance(data, Mapping):
         raise ParamsError(f"{path}: top level must be a mapping")
-    return _plain(data)
+    data = _plain(data)
+    from . import presets  # the section models import this module
+
+    presets.check(data, str(path))
+    return data
 
 
 def _plain(obj: Any) -> Any:
@@ -81,11 +91,12 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _merge(base: dict, over: Mapping) -> dict:
-    out = copy.deepcopy(base)
+def merge(base: Mapping, over: Mapping) -> dict:
+    """Deep merge: `over`'s values win, nested mappings are merged key by key."""
+    out = copy.deepcopy(dict(base))
     for k, v in over.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _merge(out[k], v)
+            out[k] = merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -98,23 +109,19 @@ def preset_of(raw: Mapping) -> str:
     return preset
 
 
-def resolved(raw: Mapping, section: str) -> dict:
-    """The section's values after applying the `real:` overrides when preset == real."""
+def section_values(raw: Mapping, section: str) -> dict:
+    """The section's values as params.yaml holds them: exactly what the stage runs with."""
     if section not in raw:
         raise ParamsError(f"params.yaml: missing section `{section}`")
-    values = raw[section]
-    if preset_of(raw) == "real":
-        over = (raw.get("real") or {}).get(section)
-        if over is not None:
-            values = _merge(values, over) if isinstance(values, Mapping) else over
-    return values
+    return raw[section]
 
 
-def _format_error(section: str, err: ValidationError) -> str:
+def format_error(section: str, err: ValidationError, where: str = "params.yaml") -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in (section, *e["loc"]))
-        lines.append(f"params.yaml: {key}: {e['msg']}" + (f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], Mapping) else ""))
+        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], Mapping) else ""
+        lines.append(f"{where}: {key}: {e['msg']}{got}")
     return "\n".join(lines)
 
 
@@ -122,13 +129,13 @@ def load(section: str, model: type[T], overrides: Mapping[str, Any] | None = Non
          path: str | os.PathLike | None = None, raw: Mapping | None = None) -> T:
     """Load, merge and validate one section. `overrides` (CLI flags) win over the file; None values are ignored."""
     raw = read_raw(path) if raw is None else raw
-    values = resolved(raw, section)
+    values = section_values(raw, section)
     if overrides:
-        values = _merge(values, {k: v for k, v in overrides.items() if v is not None})
+        values = merge(values, {k: v for k, v in overrides.items() if v is not None})
     try:
         return model.model_validate(values)
     except ValidationError as err:
-        raise ParamsError(_format_error(section, err)) from None
+        raise ParamsError(format_error(section, err)) from None
 
 
 def load_paths(path: str | os.PathLike | None = None, raw: Mapping | None = None) -> Paths:
@@ -140,7 +147,7 @@ def update(path: str | os.PathLike, dotted_key: str, value: Any) -> None:
     from . import atomic
 
     path = Path(path)
-    yaml = _yaml()
+    yaml = yaml_rt()
     with path.open(encoding="utf-8") as f:
         data = yaml.load(f)
     node = data

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .regime import THRESHOLDS
+from .data.regime import THRESHOLDS
 from .schema import MAX_LEVERAGE, MIN_RATIONALE_CHARS, MIN_SUMMARY_CHARS, RESPONSE_MODELS, Answer
 from .strategy import (
     MOMENTUM_GAP_MIN, MOMENTUM_VOLUME_MIN, OVERVALUED_PBR, OVERVALUED_PER, UNDERVALUED_PBR,
@@ -78,7 +78,7 @@ def output_contract() -> str:
 
 
 def _classification_text() -> str:
-    """The regime thresholds of `kospi_ft.regime` in the precedence `regime.classify` applies them."""
+    """The regime thresholds of `kospi_ft.data.regime` in the precedence `regime.classify` applies them."""
     t = THRESHOLDS
     return (f"BEAR(market_return<{t.bear_return:.1%}, breadth<{t.bear_breadth:.0%}, "
             f"momentum_10d<{t.bear_momentum:.0%}) > SHORT_TERM_STRESS(market_return<{t.stress_return:.1%}, "

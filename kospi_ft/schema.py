@@ -20,9 +20,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from .regime import Regime
-from .scenarios import SHOCKS, US_EVENTS
-from .universe import SECTORS, TICKERS, by_code
+from .data.regime import Regime
+from .data.scenarios import SHOCKS, US_EVENTS
+from .data.universe import SECTORS, TICKERS, by_code
 
 
 class TaskType(str, enum.Enum):

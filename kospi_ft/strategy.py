@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from . import schema
-from .regime import Regime, classify
-from .scenarios import FX_SENSITIVITY, SHOCKS_BY_KEY, US_EVENTS_BY_KEY
+from .data.regime import Regime, classify
+from .data.scenarios import FX_SENSITIVITY, SHOCKS_BY_KEY, US_EVENTS_BY_KEY
+from .data.universe import by_code
 from .schema import Answer, TaskType
-from .universe import by_code
 
 
 @dataclass(frozen=True)

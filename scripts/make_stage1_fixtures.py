@@ -3,7 +3,7 @@
     python scripts/make_stage1_fixtures.py [--out data/fixtures/stage1]
 
 The rows are written for this project (finance content; Korean for Won-Instruct). Each file mirrors the hub
-repo's own file (name, format, columns; see kospi_ft.hfdata.REGISTRY) and carries a few deliberately bad rows
+repo's own file (name, format, columns; see kospi_ft.data.hfdata.REGISTRY) and carries a few deliberately bad rows
 of the kinds the real data has: null / empty / whitespace-only turns, exact and whitespace-variant duplicates,
 and one over-long conversation, so the stage's drop counting runs on every fixture. The output is deterministic
 (no randomness, fixed row order); the files are committed, this script only documents and regenerates them.

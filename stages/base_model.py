@@ -13,7 +13,6 @@ from pathlib import Path
 
 from kospi_ft import atomic, params
 from kospi_ft.base_model import ModelParams, write_base_model
-from kospi_ft.errors import ParamsError
 from stages._main import run
 
 log = logging.getLogger("stages.base_model")
@@ -28,9 +27,6 @@ def main(argv: list[str] | None = None) -> None:
     paths = params.load_paths(raw=raw)
     out_dir = paths.models_dir / "base"
     if Path(model.name) != out_dir:
-        if params.preset_of(raw) == "embedded":
-            raise ParamsError(f"params.yaml: model.name: the embedded preset trains on the built base {out_dir}, "
-                              f"got {model.name!r}")
         # DVC still expects the out: it records which hub model the later stages load instead.
         log.info("model.name is %s: no embedded base to build; %s only names it", model.name, out_dir)
         with atomic.atomic_path(out_dir, is_dir=True) as tmp:

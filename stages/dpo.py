@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from kospi_ft import params
+from kospi_ft import params, presets
 from kospi_ft.base_model import ModelParams
 from kospi_ft.training import backends
 from stages._main import run
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "max_seq_length", "resume", "beta")}
     cfg = params.load("dpo", DPOParams, overrides=overrides, raw=raw)
     paths = params.load_paths(raw=raw)
-    backend = backends.prepare_backend(model.backend)
+    backend = backends.prepare_backend(model.backend, allow_cpu=model.allow_cpu, strict=presets.is_real(raw))
     metrics = train_dpo(cfg, model_name=model.name, backend=backend, load_in_4bit=model.load_in_4bit,
                         data_path=paths.dpo_pairs, stage2_adapter=paths.models_dir / "stage2",
                         paths=run_paths(paths, "stage3"))

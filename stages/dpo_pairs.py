@@ -26,7 +26,7 @@ import logging
 from pathlib import Path
 
 from kospi_ft import atomic, params
-from kospi_ft.dpo_pairs import (
+from kospi_ft.data.dpo_pairs import (
     DpoPairsParams, ModelRejectStats, collect_model_rejects, combine, model_reject_target,
 )
 from kospi_ft.jsonl import read_jsonl

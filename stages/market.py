@@ -7,39 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
-from typing import Literal
 
-from pydantic import field_validator, model_validator
-
-from kospi_ft import atomic, market, params
-from kospi_ft.simulate import SimConfig, simulate
+from kospi_ft import atomic, params
+from kospi_ft.data import market
+from kospi_ft.data.market import MarketParams
+from kospi_ft.data.simulate import SimConfig, simulate
 
 log = logging.getLogger("market")
-
-
-class MarketParams(params.Section):
-    source: Literal["simulate", "krx"]
-    start: str
-    end: str
-    seed: int
-    extra_tickers: int = 0
-
-    @field_validator("start", "end")
-    @classmethod
-    def _month(cls, v: str) -> str:
-        if not re.fullmatch(r"\d{4}-\d{2}", str(v)) or not 1 <= int(str(v)[5:]) <= 12:
-            raise ValueError("must be a month as YYYY-MM")
-        return str(v)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "MarketParams":
-        if self.start > self.end:  # YYYY-MM strings sort as months do
-            raise ValueError(f"market.start ({self.start}) is after market.end ({self.end})")
-        return self
-
-    def months(self) -> market.MonthRange:
-        return market.MonthRange((int(self.start[:4]), int(self.start[5:])), (int(self.end[:4]), int(self.end[5:])))
 
 
 def build_parser() -> argparse.ArgumentParser:

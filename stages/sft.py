@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from kospi_ft import params
+from kospi_ft import params, presets
 from kospi_ft.base_model import ModelParams
 from kospi_ft.errors import ParamsError
 from kospi_ft.training import backends
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
             log.warning("no Stage 1 adapter in %s: Stage 2 trains on the base model directly", stage1_dir)
         else:
             init_adapter = stage1_dir
-    backend = backends.prepare_backend(model.backend)
+    backend = backends.prepare_backend(model.backend, allow_cpu=model.allow_cpu, strict=presets.is_real(raw))
     metrics = train_sft(cfg, stage=args.stage, model_name=model.name, backend=backend,
                         load_in_4bit=model.load_in_4bit,
                         data_path=paths.stage1_data if args.stage == "stage1" else paths.synthetic,

@@ -11,23 +11,10 @@ import argparse
 import datetime as dt
 import logging
 
-from pydantic import model_validator
-
 from kospi_ft import atomic, params
-from kospi_ft.snapshot import MarketSnapshotStore
+from kospi_ft.data.snapshot import MarketSnapshotStore, SnapshotParams
 
 log = logging.getLogger("snapshots")
-
-
-class SnapshotParams(params.Section):
-    start_date: dt.date
-    end_date: dt.date
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "SnapshotParams":
-        if self.start_date > self.end_date:
-            raise ValueError(f"snapshots.start_date ({self.start_date}) is after snapshots.end_date ({self.end_date})")
-        return self
 
 
 def build_parser() -> argparse.ArgumentParser:

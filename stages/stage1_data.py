@@ -5,7 +5,7 @@
     python -m stages.stage1_data --ratio-krx-won 0.30 --ratio-finance-instruct 0.30
 
 Writes paths.stage1_data (one `{"messages": [...], "source": "<hub id>"}` per line) and paths.stage1_stats
-(per-dataset requested/available/kept/dropped by reason, token-length percentiles). See kospi_ft.hfdata.
+(per-dataset requested/available/kept/dropped by reason, token-length percentiles). See kospi_ft.data.hfdata.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import argparse
 import functools
 import logging
 
-from kospi_ft import atomic, hfdata, params
+from kospi_ft import atomic, params
+from kospi_ft.data import hfdata
 
 log = logging.getLogger("stage1_data")
 

@@ -16,8 +16,8 @@ import datetime as dt
 import logging
 
 from kospi_ft import atomic, params
-from kospi_ft.snapshot import MarketSnapshotStore
-from kospi_ft.synthetic import SynthesizeParams, dataset_stats, generate
+from kospi_ft.data.snapshot import MarketSnapshotStore
+from kospi_ft.data.synthetic import SynthesizeParams, dataset_stats, generate
 from kospi_ft.tokenizer import load_tokenizer
 
 log = logging.getLogger("synthesize")

@@ -8,15 +8,15 @@ import json
 import numpy as np
 import pytest
 
-from kospi_ft.dpo_pairs import (
+from kospi_ft.data.dpo_pairs import (
     CORRUPTIONS, REJECTION_SHARES, _full_long, _leverage_5x, _absurd_per, _exposure_word, _fake_ticker,
     _same_reason, make_pairs,
 )
 from kospi_ft.errors import PipelineError
 from kospi_ft.schema import TaskType, hallucinations, quality_issues, schema_errors
 from kospi_ft.strategy import rule_violations
-from kospi_ft.synthetic import Draws, allocate, generate
-from kospi_ft.universe import TICKERS
+from kospi_ft.data.synthetic import Draws, allocate, generate
+from kospi_ft.data.universe import TICKERS
 
 
 @pytest.fixture(scope="module")
@@ -152,11 +152,10 @@ def test_a_bad_chosen_answer_is_refused(sft):
 def test_shipped_params_load(preset, count):
     from pathlib import Path
 
-    from kospi_ft import params
-    from kospi_ft.dpo_pairs import DpoPairsParams
+    from kospi_ft import params, presets
+    from kospi_ft.data.dpo_pairs import DpoPairsParams
 
-    raw = params.read_raw(Path(__file__).resolve().parents[1] / "params.yaml")
-    raw["preset"] = preset
+    raw = presets.applied(params.read_raw(Path(__file__).resolve().parents[1] / "params.yaml"), preset)
     cfg = params.load("dpo_pairs", DpoPairsParams, raw=raw)
     # Off in the dvc stage: sampling needs the Stage-2 GGUF, which the stage does not list as a dependency.
     assert cfg.collect_model_rejects is False and cfg.model == "stage2" and cfg.temperature == 0.7
@@ -165,7 +164,7 @@ def test_shipped_params_load(preset, count):
 
 
 def test_overweight_position_breaks_the_caps(sft):
-    from kospi_ft.dpo_pairs import _overweight
+    from kospi_ft.data.dpo_pairs import _overweight
 
     full = _answer(sft, TaskType.FULL_ANALYSIS)
     bad = _overweight(json.loads(json.dumps(full)), TaskType.FULL_ANALYSIS, Draws(np.random.default_rng(1)))

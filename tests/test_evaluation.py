@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kospi_ft import params
+from kospi_ft import params, presets
 from kospi_ft.errors import DataValidationError, ParamsError, PipelineError
 from kospi_ft.evaluation.backends import OllamaBackend
 from kospi_ft.evaluation.compare import HEADLINE, comparison, deltas, plot_rows
@@ -198,7 +198,7 @@ def test_score_values_walks_nested_lists(answer):
 
 def test_generator_answers_score_perfectly():
     """The contract with the synthetic generator: its own reference answers pass every metric."""
-    from kospi_ft.synthetic import generate
+    from kospi_ft.data.synthetic import generate
 
     rows = generate(36, seed=5, split="eval")
     records = select([EvalRecord(r["task"], r["messages"][:2], r["messages"][2]["content"]) for r in rows], 12)
@@ -366,7 +366,7 @@ def test_shipped_params_load_in_both_presets(project_root):
     raw = params.read_raw(project_root / "params.yaml")
     cfg = params.load("evaluate", EvaluateParams, raw=raw)
     assert cfg.backend == "llamacpp" and set(cfg.models) == {"base", "stage2", "stage3"}
-    real = params.load("evaluate", EvaluateParams, raw={**raw, "preset": "real"})
+    real = params.load("evaluate", EvaluateParams, raw=presets.applied(raw, "real"))
     assert real.n_samples == 50 and real.max_new_tokens > cfg.max_new_tokens
     with pytest.raises(ParamsError, match="evaluate.backend"):
         params.load("evaluate", EvaluateParams, raw=raw, overrides={"backend": "vllm"})
@@ -543,3 +543,29 @@ def test_hf_backend_with_adapter(tmp_path, tiny_hf):
     assert a.text == b.text and a.completion_tokens == b.completion_tokens <= 6
     assert a.prompt_tokens == len(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                                 tokenize=True, return_dict=True)["input_ids"])
+
+
+def test_gpu_layers_on_a_llama_cpp_without_gpu_offload(caplog, project_root, tmp_path):
+    """The real preset asks for every layer on the GPU: on a CPU-only llama.cpp that is an error naming the CUDA
+    install, before any model loads; under the embedded preset a warning."""
+    import llama_cpp
+
+    from kospi_ft.evaluation.backends import check_gpu_offload
+
+    if llama_cpp.llama_supports_gpu_offload():
+        pytest.skip("this llama-cpp-python offloads to a GPU")
+    with pytest.raises(PipelineError, match=r"built without GPU offload.*requirements-cuda\.txt"):
+        check_gpu_offload(-1, required=True)
+    with caplog.at_level("WARNING"):
+        check_gpu_offload(-1, required=False)
+    assert "built without GPU offload" in caplog.text
+    check_gpu_offload(0, required=True)  # the CPU on purpose is fine
+
+    raw = presets.applied(params.read_raw(project_root / "params.yaml"), "real")
+    raw["paths"] = {**raw["paths"], "gguf_dir": str(tmp_path)}
+    locator = ModelLocator.from_params(raw)
+    cfg = params.load("evaluate", EvaluateParams, raw=raw)
+    (tmp_path / "stage3").mkdir()
+    (tmp_path / "stage3" / "model-Q4_K_M.gguf").write_bytes(b"GGUF")
+    with pytest.raises(PipelineError, match="built without GPU offload"):
+        locator.preflight(cfg, "stage3")

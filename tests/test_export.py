@@ -285,12 +285,12 @@ def test_register_runs_ollama_create(tmp_path, monkeypatch):
 
 
 def test_shipped_params_load_for_both_presets(project_root):
-    from kospi_ft import params
+    from kospi_ft import params, presets
     from kospi_ft.export.config import ExportParams
 
     raw = params.read_raw(project_root / "params.yaml")
     for preset in ("embedded", "real"):
-        cfg = params.load("export", ExportParams, raw={**raw, "preset": preset})
+        cfg = params.load("export", ExportParams, raw=presets.applied(raw, preset))
         assert cfg.quant in ("Q8_0", "Q5_K_M", "Q4_K_M", "Q3_K_M")
         assert {"stage2", "stage3"} <= set(cfg.models)
 

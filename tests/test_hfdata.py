@@ -14,7 +14,8 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from kospi_ft import hfdata, params
+from kospi_ft import params, presets
+from kospi_ft.data import hfdata
 from kospi_ft.errors import DataValidationError, ParamsError, PipelineError
 from kospi_ft.tokenizer import load_tokenizer
 
@@ -251,7 +252,7 @@ def test_fixture_bad_rows_dropped_and_counted(tables, tokenizer):
 def test_shortfall_warns_and_is_filled_only_when_asked(tables, tokenizer, caplog):
     ratios = {"finance_instruct": 0.5, "sujet_finance": 0, "krx_won": 0, "trading_signals": 0, "fin_sentiment": 0.5}
     usable = _build(tables, tokenizer, 1_000, ratios).stats["datasets"]["fin_sentiment"]["kept"]
-    with caplog.at_level(logging.WARNING, logger="kospi_ft.hfdata"):
+    with caplog.at_level(logging.WARNING, logger="kospi_ft.data.hfdata"):
         short = _build(tables, tokenizer, 40, ratios)
     assert "FinGPT/fingpt-sentiment-train" in caplog.text and "fill_shortfall" in caplog.text
     assert len(short.records) == 20 + usable
@@ -309,7 +310,7 @@ def test_params_file_loads_under_both_presets():
     raw = params.read_raw(ROOT / "params.yaml")
     embedded = hfdata.load_params(raw=raw)
     assert embedded.source == "fixtures" and embedded.ratios == SPEC_RATIOS
-    real = hfdata.load_params(raw={**raw, "preset": "real"})
+    real = hfdata.load_params(raw=presets.applied(raw, "real"))
     assert (real.source, real.total_samples, real.max_seq_length) == ("hub", 200_000, 2048)
     assert real.ratios == SPEC_RATIOS
 
@@ -358,8 +359,8 @@ def test_dvc_stage_reads_only_its_own_params():
     from ruamel.yaml import YAML
 
     stage = YAML(typ="safe").load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["stage1_data"]
-    assert all(p == "preset" or p == "real.stage1_data" or p.startswith("stage1_data.") for p in stage["params"])
+    assert all(p.startswith("stage1_data.") for p in stage["params"])
     fields = set(hfdata.Stage1DataParams.model_fields)
     assert {p.split(".", 1)[1] for p in stage["params"] if p.startswith("stage1_data.")} == fields
-    assert {"stages/stage1_data.py", "kospi_ft/hfdata.py", "${paths.stage1_fixtures}"} <= set(stage["deps"])
+    assert {"stages/stage1_data.py", "kospi_ft/data/hfdata.py", "${paths.stage1_fixtures}"} <= set(stage["deps"])
     assert stage["outs"] == ["${paths.stage1_data}"]

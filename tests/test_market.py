@@ -8,12 +8,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kospi_ft import market
+from kospi_ft.data import market
 from kospi_ft.errors import DataValidationError
-from kospi_ft.regime import Regime
-from kospi_ft.simulate import SimConfig, simulate
-from kospi_ft.snapshot import PBR_RANGE, PER_RANGE, MarketSnapshotStore, compute_features
-from kospi_ft.universe import TICKERS
+from kospi_ft.data.regime import Regime
+from kospi_ft.data.simulate import SimConfig, simulate
+from kospi_ft.data.snapshot import PBR_RANGE, PER_RANGE, MarketSnapshotStore, compute_features
+from kospi_ft.data.universe import TICKERS
 
 START, END = dt.date(2021, 1, 1), dt.date(2021, 3, 31)
 

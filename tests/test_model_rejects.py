@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from kospi_ft import atomic, params
-from kospi_ft.dpo_pairs import (
+from kospi_ft.data.dpo_pairs import (
     MODEL_OUTPUT, REJECTION_SHARES, collect_model_rejects, model_reject_target, sample_seed,
 )
 from kospi_ft.errors import PipelineError
 from kospi_ft.evaluation.parsing import extract_json
 from kospi_ft.schema import schema_errors
-from kospi_ft.synthetic import allocate, generate
+from kospi_ft.data.synthetic import allocate, generate
 from model_fixtures import build_tiny_gguf, build_tiny_hf, fake_ollama, url_of
 
 

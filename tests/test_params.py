@@ -1,6 +1,13 @@
-import pytest
+"""params.yaml: sections hold the values that run; presets are written into them, validated on every read."""
+import re
+import shutil
+import subprocess
+import sys
 
-from kospi_ft import params
+import pytest
+from ruamel.yaml import YAML
+
+from kospi_ft import params, presets
 from kospi_ft.errors import ParamsError
 
 
@@ -10,16 +17,7 @@ class Demo(params.Section):
     name: str = "x"
 
 
-RAW = {
-    "preset": "embedded",
-    "demo": {"epochs": 1, "lr": 0.1},
-    "real": {"demo": {"epochs": 3}},
-}
-
-
-def test_preset_real_merges_only_the_listed_keys():
-    assert params.load("demo", Demo, raw=RAW) == Demo(epochs=1, lr=0.1)
-    assert params.load("demo", Demo, raw={**RAW, "preset": "real"}) == Demo(epochs=3, lr=0.1)
+RAW = {"preset": "embedded", "demo": {"epochs": 1, "lr": 0.1}}
 
 
 def test_cli_overrides_win_and_none_is_ignored():
@@ -31,7 +29,6 @@ def test_cli_overrides_win_and_none_is_ignored():
     ({**RAW, "demo": {"epochs": "many", "lr": 0.1}}, r"demo\.epochs: .*integer.*\(got 'many'\)"),
     ({**RAW, "demo": {"lr": 0.1}}, r"demo\.epochs: Field required"),
     ({"preset": "embedded"}, r"missing section `demo`"),
-    ({**RAW, "preset": "huge"}, r"preset: must be one of"),
 ])
 def test_errors_name_the_key(raw, pattern):
     with pytest.raises(ParamsError, match=pattern):
@@ -51,3 +48,100 @@ def test_update_keeps_comments(tmp_path):
 def test_shipped_paths_load():
     paths = params.load_paths()
     assert paths.market_dir.as_posix() == "data/market_daily"
+
+
+# --- presets ----------------------------------------------------------------------------------------------------
+
+def shipped_copy(tmp_path):
+    target = tmp_path / "params.yaml"
+    shutil.copy("params.yaml", target)
+    return target
+
+
+def test_shipped_sections_hold_the_named_preset_and_every_section_validates():
+    raw = params.read_raw()
+    assert presets.diff(raw, raw["preset"]) == {}
+    for name in presets.PRESETS:
+        applied = presets.applied(raw, name)
+        for section, model in presets.section_models().items():
+            params.load(section, model, raw=applied)  # every section of every preset is valid as it runs
+
+
+def test_switching_presets_is_a_byte_identical_round_trip(tmp_path):
+    target = shipped_copy(tmp_path)
+    original = target.read_bytes()
+    changed = presets.write(target, "real")
+    assert changed["model.name"] == ("models/base", "unsloth/Qwen2.5-7B-Instruct")
+    text = target.read_text()
+    assert "preset: real" in text and "# Stage 3 DPO (paths.dpo_pairs)" in text  # comments survive
+    assert params.read_raw(target)["dpo"]["lr"] == 5e-6
+    assert presets.write(target, "embedded") and target.read_bytes() == original
+
+
+def test_a_set_value_is_the_value_that_runs_under_either_preset(tmp_path):
+    """`dvc exp run -S dpo.lr=...` edits the section: under the real preset nothing overrides it any more."""
+    from kospi_ft.training.dpo import DPOParams
+    from kospi_ft.training.sft import Stage2Params
+
+    target = shipped_copy(tmp_path)
+    for name in presets.PRESETS:
+        presets.write(target, name)
+        params.update(target, "dpo.lr", 1.5e-6)
+        params.update(target, "stage2.epochs", 5)
+        raw = params.read_raw(target)
+        assert params.load("dpo", DPOParams, raw=raw).lr == 1.5e-6
+        assert params.load("stage2", Stage2Params, raw=raw).epochs == 5
+
+
+def test_dvc_stages_track_only_section_keys():
+    stages = YAML(typ="safe").load(open("dvc.yaml", encoding="utf-8"))["stages"]
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        for key in body.get("params", []):
+            assert not re.match(r"(real|presets)\b", key) and key != "preset", (name, key)
+
+
+@pytest.mark.parametrize("preset", presets.PRESETS)
+def test_a_typo_in_any_preset_is_an_error_under_every_preset(tmp_path, preset):
+    target = shipped_copy(tmp_path)
+    text = target.read_text().replace("      lr: 5.0e-6\n", "      lrr: 5.0e-6\n")  # presets.real.dpo
+    target.write_text(text)
+    if preset == "real":
+        with pytest.raises(ParamsError, match=r"presets\.real\.dpo\.lrr: Extra inputs are not permitted"):
+            presets.write(target, "real")
+        return
+    with pytest.raises(ParamsError, match=r"presets\.real\.dpo\.lrr: Extra inputs are not permitted"):
+        params.read_raw(target)  # what every stage does first, under the embedded preset
+
+
+def test_presets_must_set_the_same_keys(tmp_path):
+    target = shipped_copy(tmp_path)
+    params.update(target, "presets.embedded.dpo.lr", 5.0e-5)  # still fine
+    doc = YAML(typ="rt").load(target.read_text())
+    del doc["presets"]["embedded"]["dpo"]["lr"]
+    with target.open("w") as f:
+        YAML(typ="rt").dump(doc, f)
+    with pytest.raises(ParamsError, match=r"must set the same keys.*\['dpo\.lr'\]"):
+        params.read_raw(target)
+
+
+def test_editing_only_the_preset_key_is_an_error_naming_the_command(tmp_path):
+    target = shipped_copy(tmp_path)
+    params.update(target, "preset", "real")  # what `dvc exp run -S preset=real` would do
+    with pytest.raises(ParamsError, match=r"python -m stages\.preset"):
+        params.read_raw(target)
+
+
+def test_preset_command_writes_and_checks(tmp_path):
+    target = shipped_copy(tmp_path)
+    run = [sys.executable, "-m", "stages.preset"]
+    out = subprocess.run([*run, "real", "--params", str(target)], capture_output=True, text=True, check=True).stdout
+    assert "dpo.lr: 5e-05 -> 5e-06" in out and "model.backend: 'auto' -> 'unsloth'" in out
+    params.update(target, "dpo.beta", 0.3)
+    out = subprocess.run([*run, "--check", "--params", str(target)], capture_output=True, text=True, check=True).stdout
+    assert "hold preset 'real'" in out and "dpo.beta" not in out  # beta is not a preset value
+    params.update(target, "dpo.lr", 1e-6)
+    out = subprocess.run([*run, "--check", "--params", str(target)], capture_output=True, text=True, check=True).stdout
+    assert "dpo.lr: 1e-06 (preset real: 5e-06)" in out
+    r = subprocess.run([*run, "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "real" in r.stdout

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from kospi_ft.regime import PRECEDENCE, THRESHOLDS, Regime, classify, classify_arrays
+from kospi_ft.data.regime import PRECEDENCE, THRESHOLDS, Regime, classify, classify_arrays
 
 # (market_return, breadth, momentum_10d, vol_10d) -> expected, each a hand-made day
 CASES = [

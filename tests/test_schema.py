@@ -1,7 +1,7 @@
 """Response schema, strategy rules and the system prompt built from them.
 
 The answers here are written by hand (not by the generator), so these tests pin what the contract accepts and
-rejects independently of kospi_ft.synthetic.
+rejects independently of kospi_ft.data.synthetic.
 """
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pydantic
 import pytest
 
 from kospi_ft.prompts import QUANT_SYSTEM_PROMPT
-from kospi_ft.regime import Regime
+from kospi_ft.data.regime import Regime
 from kospi_ft.schema import (
     RESPONSE_MODELS, TaskType, hallucinations, quality_issues, schema_errors, validate_response,
 )
 from kospi_ft.strategy import REGIME_ORDER, RULES, rule_violations
-from kospi_ft.universe import TICKERS
+from kospi_ft.data.universe import TICKERS
 
 RISK_MILD = {"leverage": 1.0, "stop_loss": -0.07, "take_profit": 0.15, "max_drawdown_limit": -0.15,
              "max_position_weight": 0.2}

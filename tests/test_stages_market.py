@@ -10,7 +10,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from kospi_ft import market, params
+from kospi_ft import params
+from kospi_ft.data import market
 
 ROOT = Path(__file__).resolve().parents[1]
 

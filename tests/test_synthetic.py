@@ -11,16 +11,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from kospi_ft.regime import Regime, classify
-from kospi_ft.scenarios import FX_SENSITIVITY, SHOCKS, US_EVENTS
+from kospi_ft.data.regime import Regime, classify
+from kospi_ft.data.scenarios import FX_SENSITIVITY, SHOCKS, US_EVENTS
 from kospi_ft.schema import TaskType, quality_issues, schema_errors
-from kospi_ft.snapshot import MarketSnapshotStore
+from kospi_ft.data.snapshot import MarketSnapshotStore
 from kospi_ft.strategy import rule_violations
-from kospi_ft.synthetic import (
+from kospi_ft.data.synthetic import (
     FORMAT_SHARES, TASK_SHARES, Draws, _synthetic_indicators, allocate, date_split, generate, round_half_up,
 )
-from kospi_ft.templates import SHARED_TEMPLATES, TASK_TEMPLATES, templates_for
-from kospi_ft.universe import SECTORS, UNIVERSE
+from kospi_ft.data.templates import SHARED_TEMPLATES, TASK_TEMPLATES, templates_for
+from kospi_ft.data.universe import SECTORS, UNIVERSE
 
 # The spec's table (section 2.1) at 5,000 records.
 SPEC_COUNTS = {
@@ -259,11 +259,10 @@ def test_stage_outputs_are_byte_identical_and_disjoint(tmp_path):
 def test_shipped_params_load(preset, count):
     from pathlib import Path
 
-    from kospi_ft import params
-    from kospi_ft.synthetic import SynthesizeParams
+    from kospi_ft import params, presets
+    from kospi_ft.data.synthetic import SynthesizeParams
 
-    raw = params.read_raw(Path(__file__).resolve().parents[1] / "params.yaml")
-    raw["preset"] = preset
+    raw = presets.applied(params.read_raw(Path(__file__).resolve().parents[1] / "params.yaml"), preset)
     cfg = params.load("synthesize", SynthesizeParams, raw=raw)
     assert cfg.seed != cfg.eval_seed and 0 <= cfg.real_data_ratio <= 1
     if count is not None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kospi_ft import params
+from kospi_ft import params, presets
 from kospi_ft.base_model import ModelParams, TinyShape, build_tiny_model
 from kospi_ft.errors import DataValidationError, ParamsError
 from kospi_ft.tokenizer import load_tokenizer
@@ -62,18 +62,42 @@ def test_backend_choice_without_cuda(monkeypatch):
     monkeypatch.setattr(backends, "cuda_available", lambda: False)
     assert backends.resolve_backend("auto") == "hf"
     assert backends.resolve_backend("hf") == "hf"
-    with pytest.raises(ParamsError, match="model.backend: unsloth needs a CUDA GPU"):
+    with pytest.raises(ParamsError, match="model.backend: unsloth needs a CUDA GPU, and torch .* CPU-only build"):
         backends.resolve_backend("unsloth")
+    # No quiet CPU run when the params say so (the real preset): an error naming the switch, for every backend.
+    for requested in ("auto", "hf"):
+        with pytest.raises(ParamsError, match=r"model.allow_cpu is false and torch .*requirements-cuda\.txt"):
+            backends.resolve_backend(requested, allow_cpu=False)
 
 
-def test_backend_auto_needs_both_cuda_and_unsloth(monkeypatch):
+def test_backend_auto_needs_both_cuda_and_unsloth(monkeypatch, caplog):
     monkeypatch.setattr(backends, "cuda_available", lambda: True)
     monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: None)
-    assert backends.resolve_backend("auto") == "hf"
+    with caplog.at_level("WARNING"):
+        assert backends.resolve_backend("auto") == "hf"
+    assert "unsloth is not installed: training on the hf backend" in caplog.text
+    with pytest.raises(ParamsError, match="the real preset does not fall back .* model.backend: hf"):
+        backends.resolve_backend("auto", strict=True)
+    assert backends.resolve_backend("hf", allow_cpu=False, strict=True) == "hf"  # asked for: allowed
     with pytest.raises(ParamsError, match="unsloth is not installed"):
         backends.resolve_backend("unsloth")
     monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: object())
-    assert backends.resolve_backend("auto") == "unsloth"
+    assert backends.resolve_backend("auto", allow_cpu=False, strict=True) == "unsloth"
+
+
+def test_real_preset_training_stage_on_this_cpu_stops_before_loading_anything(tmp_path):
+    """The stage command under the real preset, on a machine without CUDA: the guardrail, not an fp32 7B run."""
+    import shutil
+    import subprocess
+    import sys
+
+    target = tmp_path / "params.yaml"
+    shutil.copy("params.yaml", target)
+    presets.write(target, "real")
+    r = subprocess.run([sys.executable, "-m", "stages.sft", "--stage", "stage1", "--params", str(target)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "model.backend: unsloth needs a CUDA GPU" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_unknown_target_module_is_a_clear_params_error():
@@ -91,7 +115,7 @@ def test_non_positive_lr_is_a_clear_params_error(lr):
 
 @pytest.mark.parametrize("preset", ["embedded", "real"])
 def test_shipped_params_load_in_both_presets(preset):
-    raw = params.read_raw() | {"preset": preset}
+    raw = presets.applied(params.read_raw(), preset)
     model = params.load("model", ModelParams, raw=raw)
     s1 = params.load("stage1", SFTParams, raw=raw)
     s2 = params.load("stage2", Stage2Params, raw=raw)
@@ -102,7 +126,9 @@ def test_shipped_params_load_in_both_presets(preset):
         assert model.name == "unsloth/Qwen2.5-7B-Instruct"
         assert (s1.epochs, s1.lr, s1.batch_size, s1.grad_accum, s1.max_seq_length) == (2, 2e-4, 2, 8, 2048)
         assert (s2.epochs, s2.lr, s2.grad_accum) == (3, 5e-5, 4)
-        assert (d.beta, d.lr, d.epochs, d.batch_size, d.grad_accum) == (0.1, 5e-7, 1, 1, 8)
+        # lr: 5e-6, not the spec's 5e-7: a LoRA-appropriate DPO rate (params.yaml and the README say why).
+        assert (d.beta, d.lr, d.epochs, d.batch_size, d.grad_accum) == (0.1, 5e-6, 1, 1, 8)
+        assert (model.backend, model.allow_cpu) == ("unsloth", False)
         assert s1.max_steps == s2.max_steps == d.max_steps == -1
     else:
         assert model.name == str(params.load_paths(raw=raw).models_dir / "base")

@@ -1,4 +1,4 @@
-from kospi_ft.universe import SECTORS, SECTORS_KO, TICKERS, UNIVERSE, by_code
+from kospi_ft.data.universe import SECTORS, SECTORS_KO, TICKERS, UNIVERSE, by_code
 
 import pytest
 

@@ -17,7 +17,8 @@ from pydantic import Field, model_validator
 
 from ..errors import PipelineError
 from ..params import Section
-from .backends import Backend, HFBackend, LlamaCppBackend, OllamaBackend, adapter_base, missing_gguf
+from .backends import (Backend, HFBackend, LlamaCppBackend, OllamaBackend, adapter_base, check_gpu_offload,
+                       missing_gguf)
 
 BackendName = Literal["llamacpp", "ollama", "hf"]
 
@@ -61,18 +62,20 @@ class ModelLocator:
     quant: str             # export.quant
     ollama_prefix: str     # export.ollama_prefix
     hf_base: str           # model.name
+    require_gpu: bool = False  # the real preset: gpu_layers != 0 without GPU offload is an error, not a warning
 
     @classmethod
     def from_params(cls, raw: dict) -> "ModelLocator":
         """The locator for a params.yaml (`paths`, `export.quant`, `export.ollama_prefix`, `model.name`)."""
-        from .. import params
+        from .. import params, presets
         from ..base_model import ModelParams
         from ..export.config import ExportParams
 
         paths = params.load_paths(raw=raw)
         export = params.load("export", ExportParams, raw=raw)
         return cls(gguf_dir=paths.gguf_dir, models_dir=paths.models_dir, quant=export.quant,
-                   ollama_prefix=export.ollama_prefix, hf_base=params.load("model", ModelParams, raw=raw).name)
+                   ollama_prefix=export.ollama_prefix, hf_base=params.load("model", ModelParams, raw=raw).name,
+                   require_gpu=presets.is_real(raw))
 
     def gguf(self, ref: str) -> Path:
         from ..export.chain import gguf_name
@@ -94,15 +97,18 @@ class ModelLocator:
         return str(local) if local.is_dir() else ref, None
 
     def preflight(self, cfg: EvaluateParams, ref: str) -> None:
-        """Fail before any model runs when a local model file is missing (the llamacpp GGUF)."""
-        if cfg.backend == "llamacpp" and not self.gguf(ref).is_file():
-            raise missing_gguf(self.gguf(ref))
+        """Fail before any model runs when a local model file is missing (the llamacpp GGUF) or when the GPU
+        offload asked for is not there."""
+        if cfg.backend == "llamacpp":
+            if not self.gguf(ref).is_file():
+                raise missing_gguf(self.gguf(ref))
+            check_gpu_offload(cfg.gpu_layers, self.require_gpu)
 
     def open(self, cfg: EvaluateParams, ref: str, *, temperature: float = 0.0) -> Backend:
         """A backend for model `ref`; greedy unless `temperature` > 0 (llamacpp and ollama only)."""
         if cfg.backend == "llamacpp":
             return LlamaCppBackend(self.gguf(ref), seed=cfg.seed, n_ctx=cfg.n_ctx, n_threads=cfg.threads,
-                                   gpu_layers=cfg.gpu_layers, temperature=temperature)
+                                   gpu_layers=cfg.gpu_layers, temperature=temperature, require_gpu=self.require_gpu)
         if cfg.backend == "ollama":
             return OllamaBackend(self.ollama_name(ref), base_url=cfg.ollama_url, seed=cfg.seed,
                                  temperature=temperature)

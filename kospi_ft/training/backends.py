@@ -5,13 +5,14 @@
 - hf: transformers + PEFT. On CUDA a bitsandbytes 4-bit NF4 base (double quant, bf16 compute) with gradient
   checkpointing; on CPU a plain fp32 model without checkpointing (bf16 on an AVX2 CPU is ~2.3x slower, and
   checkpointing only trades speed for memory a tiny model does not need).
-- auto: unsloth when CUDA is present and unsloth is installed, else hf.
+- auto: unsloth when CUDA is present and unsloth is installed, else hf (see `resolve_backend` for what is an error).
 Both backends apply the same LoRA (rank, alpha, dropout, the 7 projection modules).
 """
 from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -54,27 +55,54 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def resolve_backend(requested: str) -> Resolved:
-    """auto -> unsloth when CUDA and unsloth are both there, else hf. An impossible request is a params error."""
+def no_cuda_reason() -> str:
+    """Why torch sees no GPU, in words a user can act on."""
+    import torch
+
+    if torch.version.cuda is None:
+        return (f"torch {torch.__version__} is a CPU-only build (install the CUDA stack: "
+                f"`pip install -r requirements-cuda.txt`)")
+    return (f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no GPU: check `nvidia-smi`, the driver "
+            f"and CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!s}")
+
+
+def resolve_backend(requested: str, allow_cpu: bool = True, strict: bool = False) -> Resolved:
+    """The backend to train with; never a quiet downgrade a user did not ask for.
+
+    - No CUDA: only the hf backend on the CPU, and only with `allow_cpu` (a 7B model in fp32 needs ~30 GB of RAM
+      and runs for months); otherwise a ParamsError that names the fix.
+    - auto: unsloth when CUDA and unsloth are both there. CUDA without unsloth falls back to hf (3.4x slower on an
+      H200) with a warning, or is an error when `strict` (the real preset): asking for `hf` is explicit.
+    """
     has_cuda = cuda_available()
     has_unsloth = importlib.util.find_spec("unsloth") is not None
-    if requested == "auto":
-        return "unsloth" if has_cuda and has_unsloth else "hf"
-    if requested == "unsloth":
-        if not has_cuda:
-            raise ParamsError("params.yaml: model.backend: unsloth needs a CUDA GPU; use `auto` or `hf` on CPU")
-        if not has_unsloth:
-            raise ParamsError("params.yaml: model.backend: unsloth is not installed "
-                              "(pip install -r requirements-cuda.txt)")
-        return "unsloth"
+    if requested not in ("auto", "unsloth", "hf"):
+        raise ParamsError(f"params.yaml: model.backend: must be auto, unsloth or hf, got {requested!r}")
+    if not has_cuda:
+        if requested == "unsloth":
+            raise ParamsError(f"params.yaml: model.backend: unsloth needs a CUDA GPU, and {no_cuda_reason()}; "
+                              "to train on the CPU instead set model.backend: hf and model.allow_cpu: true")
+        if not allow_cpu:
+            raise ParamsError(f"params.yaml: model.allow_cpu is false and {no_cuda_reason()}; to train on the CPU "
+                              "anyway set model.allow_cpu: true (a 7B model: ~30 GB of RAM, fp32, months)")
+        return "hf"
     if requested == "hf":
         return "hf"
-    raise ParamsError(f"params.yaml: model.backend: must be auto, unsloth or hf, got {requested!r}")
+    if not has_unsloth:
+        fix = "pip install -r requirements-cuda.txt, or set model.backend: hf to train without unsloth"
+        if requested == "unsloth":
+            raise ParamsError(f"params.yaml: model.backend: unsloth is not installed ({fix})")
+        if strict:
+            raise ParamsError(f"params.yaml: model.backend: auto found CUDA but not unsloth; the real preset does "
+                              f"not fall back to the 3.4x slower hf backend on its own ({fix})")
+        log.warning("unsloth is not installed: training on the hf backend, 3.4x slower on an H200 (%s)", fix)
+        return "hf"
+    return "unsloth"
 
 
-def prepare_backend(requested: str) -> Resolved:
+def prepare_backend(requested: str, allow_cpu: bool = True, strict: bool = False) -> Resolved:
     """Resolve the backend and, for unsloth, import it now: it must patch transformers/TRL before they load."""
-    backend = resolve_backend(requested)
+    backend = resolve_backend(requested, allow_cpu=allow_cpu, strict=strict)
     if backend == "unsloth":
         import unsloth  # noqa: F401
         import torch

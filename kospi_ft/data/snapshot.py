@@ -4,7 +4,7 @@ Per ticker: daily return, SMA-20/60, 20-day realised volatility (annualised).
 Per day (market-wide): cap-weighted return (weights = previous close's market cap), breadth (share of traded
 stocks that closed up; halted stocks are left out), 10-day momentum (compounded cap-weighted return), 10-day
 realised volatility (annualised), a cap-weighted index level (1000 on the first loaded day), and the regime by
-`kospi_ft.regime.classify_arrays`. The first 10 days of a range lack momentum/vol history and get no regime.
+`kospi_ft.data.regime.classify_arrays`. The first 10 days of a range lack momentum/vol history and get no regime.
 A snapshot's `stocks` holds universe stocks with every feature defined and PER/PBR inside the spec's bands.
 
 Features are computed with numpy over ticker-contiguous arrays (cumulative-sum windows), not a pandas
@@ -19,9 +19,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import model_validator
 
+from ..errors import DataValidationError, PipelineError
+from ..params import Section
 from . import market as mkt
-from .errors import DataValidationError, PipelineError
 from .regime import PRECEDENCE, Regime, classify_arrays
 from .universe import TICKERS, by_code
 
@@ -271,3 +273,16 @@ class MarketSnapshotStore:
                 daily_return=r["daily_return"], sma20=r["sma20"], sma60=r["sma60"], vol20=r["vol20"],
                 market_cap=r["market_cap"], per=per, pbr=pbr))
         return Snapshot(date=self._dates[i].item(), regime=Regime(self._regimes[i]), stocks=tuple(stocks), **m)
+
+
+class SnapshotParams(Section):
+    """params.yaml `snapshots`: the day range the store loads and classifies."""
+
+    start_date: dt.date
+    end_date: dt.date
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "SnapshotParams":
+        if self.start_date > self.end_date:
+            raise ValueError(f"snapshots.start_date ({self.start_date}) is after snapshots.end_date ({self.end_date})")
+        return self

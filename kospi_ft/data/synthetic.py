@@ -32,18 +32,18 @@ import numpy as np
 from pydantic import model_validator
 from tqdm import tqdm
 
-from . import params as params_mod
-from .errors import PipelineError
-from .prompts import QUANT_SYSTEM_PROMPT
-from .quotas import allocate
-from .regime import Regime, classify
-from .scenarios import FX_SENSITIVITY, SHOCKS, US_EVENTS, Shock, UsEvent
-from .schema import RESPONSE_MODELS, TaskType, quality_issues
-from .snapshot import SMA_LONG, MarketSnapshotStore, Snapshot
-from .strategy import (
+from .. import params as params_mod
+from ..errors import PipelineError
+from ..prompts import QUANT_SYSTEM_PROMPT
+from ..schema import RESPONSE_MODELS, TaskType, quality_issues
+from ..strategy import (
     MOMENTUM_GAP_MIN, MOMENTUM_VOLUME_MIN, REGIME_ORDER, RULES, fx_direction, gap_direction, impact_label,
     mdd_breached, rule_violations, shift_regime, stop_decision, us_composite, valuation_verdict,
 )
+from .quotas import allocate
+from .regime import Regime, classify
+from .scenarios import FX_SENSITIVITY, SHOCKS, US_EVENTS, Shock, UsEvent
+from .snapshot import SMA_LONG, MarketSnapshotStore, Snapshot
 from .templates import (
     CONTEXT_STYLES, FORMAT_SHARES, AccountContext, MarketView, StockRow, render_context, render_market,
     templates_for,
@@ -193,7 +193,7 @@ class Draws:
 
 # ---- market views ------------------------------------------------------------------------------------------
 
-# Indicator ranges that classify to each regime under kospi_ft.regime.classify, with a margin so the 4-decimal
+# Indicator ranges that classify to each regime under kospi_ft.data.regime.classify, with a margin so the 4-decimal
 # rounding of the prompt never moves a value across a threshold (checked for every draw anyway).
 _INDICATOR_RANGES: dict[Regime, dict[str, tuple[float, float]]] = {
     Regime.BEAR: {"r": (-0.045, -0.0215), "b": (0.10, 0.29), "m": (-0.12, -0.052), "v": (0.22, 0.45)},

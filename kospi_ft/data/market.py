@@ -30,15 +30,17 @@ import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from pydantic import field_validator, model_validator
 
-from .errors import DataValidationError
+from ..errors import DataValidationError
+from ..params import Section
 
 SCHEMA = pa.schema([
     ("date", pa.date32()),
@@ -283,3 +285,29 @@ def month_bounds(months: Iterable[tuple[int, int]]) -> tuple[dt.date, dt.date]:
     (y0, m0), (y1, m1) = months[0], months[-1]
     last = (dt.date(y1 + (m1 == 12), m1 % 12 + 1, 1) - dt.timedelta(days=1))
     return dt.date(y0, m0, 1), last
+
+
+class MarketParams(Section):
+    """params.yaml `market`: simulate the embedded tree, or read the user's KRX tree, for a month range."""
+
+    source: Literal["simulate", "krx"]
+    start: str
+    end: str
+    seed: int
+    extra_tickers: int = 0
+
+    @field_validator("start", "end")
+    @classmethod
+    def _month(cls, v: str) -> str:
+        if not re.fullmatch(r"\d{4}-\d{2}", str(v)) or not 1 <= int(str(v)[5:]) <= 12:
+            raise ValueError("must be a month as YYYY-MM")
+        return str(v)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "MarketParams":
+        if self.start > self.end:  # YYYY-MM strings sort as months do
+            raise ValueError(f"market.start ({self.start}) is after market.end ({self.end})")
+        return self
+
+    def months(self) -> MonthRange:
+        return MonthRange((int(self.start[:4]), int(self.start[5:])), (int(self.end[:4]), int(self.end[5:])))

@@ -48,8 +48,8 @@ from urllib.parse import urlparse
 import numpy as np
 from pydantic import Field, field_validator
 
-from . import params
-from .errors import DataValidationError, ParamsError, PipelineError
+from .. import params
+from ..errors import DataValidationError, ParamsError, PipelineError
 from .quotas import allocate
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .schema import TaskType
+from ..schema import TaskType
 
 FORMAT_SHARES: dict[str, float] = {"bullet": 0.4, "sentence": 0.2, "compact": 0.2, "table": 0.2}
 

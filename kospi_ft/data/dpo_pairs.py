@@ -34,18 +34,18 @@ import numpy as np
 from pydantic import Field, ValidationError, model_validator
 from tqdm import tqdm
 
-from . import params as params_mod
-from .errors import DataValidationError
-from .evaluation.parsing import extract_json
+from .. import params as params_mod
+from ..errors import DataValidationError
+from ..evaluation.parsing import extract_json
+from ..schema import HALLUCINATION as HALLUCINATION_ERROR, TaskType, quality_issues, schema_errors, validate_response
+from ..strategy import REGIME_ORDER, RULES, rule_violations
 from .quotas import allocate
 from .regime import Regime
-from .schema import HALLUCINATION as HALLUCINATION_ERROR, TaskType, quality_issues, schema_errors, validate_response
-from .strategy import REGIME_ORDER, RULES, rule_violations
 from .synthetic import Draws, answer_json
 from .universe import TICKERS, UNIVERSE
 
 if TYPE_CHECKING:
-    from .evaluation.backends import Backend
+    from ..evaluation.backends import Backend
 
 logger = logging.getLogger(__name__)
 

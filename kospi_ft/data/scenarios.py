@@ -2,7 +2,7 @@
 sector impacts (sector_analysis), 7 market shocks with their regime shift (what_if), and each sector's
 sensitivity to USD/KRW (fx_impact).
 
-Sector keys are `kospi_ft.universe.SECTORS` keys; impact scores are in -1..1 (sign = direction).
+Sector keys are `kospi_ft.data.universe.SECTORS` keys; impact scores are in -1..1 (sign = direction).
 """
 from __future__ import annotations
 
