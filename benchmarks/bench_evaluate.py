@@ -1,9 +1,10 @@
 """Benchmark: evaluation throughput of the llamacpp backend on the exported GGUFs (embedded default).
 
 For each model: seconds per sample and generated tokens/s of the evaluator (`runner.evaluate`: chat template,
-greedy generation, scoring), and a baseline measured in the same run on the same prompts: bare llama.cpp
-(`Llama.create_completion` on the already-rendered prompt text, no chat handler, no scoring). The ratio
-evaluator / baseline is the evaluator's overhead. Target: all three models in about a minute on 2 cores.
+greedy generation, scoring, every prompt starting from the system prompt's KV cache), and two baselines measured
+in the same run on the same prompts: the evaluator with that cache off (every prompt decoded in full, as before
+the cache) and bare llama.cpp (`Llama.create_completion` on the already-rendered prompt text, no chat handler, no
+scoring, full decode). Target: all three models in about a minute on 2 cores.
 
     python benchmarks/bench_evaluate.py [--models base stage2 stage3] [--n-samples 12] [--max-new-tokens 128]
 """
@@ -63,6 +64,13 @@ def main() -> None:
                                             repeat_penalty=1.0, seed=cfg.seed)
                 base_tokens += out["usage"]["completion_tokens"]
             base_s = time.perf_counter() - t0
+            cached = backend._start_from_system_prompt
+            backend._start_from_system_prompt = lambda messages: llm.reset()  # the cache off: full decodes
+            t0 = time.perf_counter()
+            uncached = evaluate(backend, records, max_new_tokens=args.max_new_tokens, rouge=cfg.rouge,
+                                progress=False)
+            uncached_s = time.perf_counter() - t0
+            backend._start_from_system_prompt = cached
             t0 = time.perf_counter()
             result = evaluate(backend, records, max_new_tokens=args.max_new_tokens, rouge=cfg.rouge,
                               progress=False)
@@ -70,10 +78,13 @@ def main() -> None:
         finally:
             backend.close()
         tokens = sum(s.completion_tokens for s in result.scores)
+        same = result.replies == uncached.replies
         total += load_s + eval_s
         print(f"{name:7s} load {load_s:5.2f} s | evaluator {eval_s / len(records):6.3f} s/sample "
-              f"{tokens / eval_s:7.1f} tok/s | bare llama.cpp {base_s / len(records):6.3f} s/sample "
-              f"{base_tokens / base_s:7.1f} tok/s | ratio evaluator/bare {eval_s / base_s:5.2f}x")
+              f"{tokens / eval_s:7.1f} tok/s | cache off {uncached_s / len(records):6.3f} s/sample "
+              f"(ratio {eval_s / uncached_s:4.2f}x, same replies: {same}) | bare llama.cpp "
+              f"{base_s / len(records):6.3f} s/sample {base_tokens / base_s:7.1f} tok/s | "
+              f"evaluator/bare {eval_s / base_s:4.2f}x")
     print(f"all models: {total:.1f} s (load + evaluate)")
 
 

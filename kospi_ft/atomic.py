@@ -71,6 +71,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, dumps_json(obj))
 
 
+def _jsonl_line(record: Any) -> str:
+    line = json.dumps(record, ensure_ascii=False, sort_keys=True)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (half of a UTF-16 pair, e.g. from a model reply cut mid-character) has no UTF-8 form;
+        # the \\uXXXX escape is valid JSON and reads back to the same string.
+        line = json.dumps(record, ensure_ascii=True, sort_keys=True)
+    return line
+
+
 def write_jsonl(path: str | os.PathLike, records) -> None:
-    lines = [json.dumps(r, ensure_ascii=False, sort_keys=True) for r in records]
-    write_text(path, "".join(line + "\n" for line in lines))
+    write_text(path, "".join(_jsonl_line(r) + "\n" for r in records))

@@ -4,16 +4,20 @@ The embedded base has Qwen2.5's architecture and the real Qwen tokenizer, only t
 2 layers. Both sizes are multiples of 256 so llama.cpp's Q4_K (256-wide super-blocks) really quantizes its
 matrices at export. Its embedding rows are the tokenizer's 151,669 tokens padded up to a multiple of 128, as the
 released Qwen2.5 checkpoints pad theirs (151,936 / 152,064 rows).
-The real preset sets `name` to a hub id and this module is not used to build anything.
+The real preset sets `name` to a hub id: nothing is built, and `record_hub_base` pins the commit that
+`model.revision` names in `models/base/source.json`, which every later stage loads (`resolve_base`).
 """
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import Field, model_validator
 
 from . import atomic
+from .errors import PipelineError
 from .params import Section
 from .tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, load_tokenizer
 
@@ -46,6 +50,7 @@ class ModelParams(Section):
     """params.yaml `model`: which base model every stage trains on, and with which backend."""
 
     name: str  # a local HF dir (embedded: models/base) or a hub id (real: unsloth/Qwen2.5-7B-Instruct)
+    revision: str | None = None  # hub id only: a branch, tag or commit, pinned to its commit in models/base
     backend: Backend = "auto"
     allow_cpu: bool = True  # False: training without a visible CUDA GPU is an error (the real preset)
     load_in_4bit: bool = True  # CUDA only (QLoRA NF4); CPU always trains in fp32
@@ -100,3 +105,61 @@ def write_base_model(params: ModelParams, out_dir: Path) -> dict:
         "hidden_size": model.config.hidden_size,
         "layers": model.config.num_hidden_layers,
     }
+
+
+SOURCE_FILE = "source.json"
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+class BaseRef(NamedTuple):
+    """The base model every stage loads: a local dir (revision None) or a hub repo at one commit."""
+
+    name: str
+    revision: str | None = None
+
+
+def resolve_commit(name: str, revision: str) -> str:
+    """The commit sha a hub revision names: asked of the hub, else read from the local HF cache (offline)."""
+    if _COMMIT.fullmatch(revision):
+        return revision
+    from huggingface_hub import HfApi, snapshot_download
+
+    try:
+        return HfApi().model_info(name, revision=revision).sha
+    except Exception as online:  # noqa: BLE001 - offline, unknown repo or revision: try the cache, then explain
+        try:
+            folder = snapshot_download(name, revision=revision, local_files_only=True, allow_patterns=["config.json"])
+            return Path(folder).name
+        except Exception:  # noqa: BLE001
+            raise PipelineError(
+                f"params.yaml: model.revision: cannot resolve {revision!r} of {name} to a commit ({online}); "
+                f"without hub access set model.revision to the repo's 40-hex commit sha") from None
+
+
+def record_hub_base(params: ModelParams, out_dir: Path) -> dict:
+    """Write models/base/source.json: the hub repo and the commit later stages load (`resolve_base`), or the local
+    model dir `model.name` names (a base of your own; it is loaded as it is)."""
+    if Path(params.name).is_dir():
+        source = {"local_model": str(Path(params.name).resolve())}
+    else:
+        commit = resolve_commit(params.name, params.revision or "main")
+        source = {"hub_model": params.name, "revision": params.revision, "commit": commit}
+    with atomic.atomic_path(out_dir, is_dir=True) as tmp:
+        atomic.write_json(tmp / SOURCE_FILE, source)
+    return source
+
+
+def resolve_base(params: ModelParams, models_dir: Path) -> BaseRef:
+    """The base to load: `model.name` as it is when it is a local dir, else the hub commit recorded in
+    models/base/source.json by the base_model stage (so a new `model.revision` reruns what depends on it)."""
+    if Path(params.name).is_dir():
+        return BaseRef(params.name)
+    source_file = Path(models_dir) / "base" / SOURCE_FILE
+    try:
+        source = json.loads(source_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise PipelineError(f"{source_file}: cannot read the recorded hub base ({err}); run `dvc repro base_model`")
+    if source.get("hub_model") != params.name or source.get("revision") != params.revision:
+        raise PipelineError(f"{source_file} records {source.get('hub_model')}@{source.get('revision')}, params.yaml "
+                            f"says {params.name}@{params.revision}: run `dvc repro base_model`")
+    return BaseRef(params.name, source["commit"])

@@ -81,13 +81,14 @@ def configure(tokenizer):
     return tokenizer
 
 
-def load_tokenizer(name_or_path: str | Path | None = None):
-    """A fast HF tokenizer with the ChatML template; None = the embedded real Qwen tokenizer."""
+def load_tokenizer(name_or_path: str | Path | None = None, revision: str | None = None):
+    """A fast HF tokenizer with the ChatML template; None = the embedded real Qwen tokenizer. `revision` pins a
+    hub repo's commit."""
     from transformers import AutoTokenizer
 
     source = embedded_tokenizer_dir() if name_or_path is None else name_or_path
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        tokenizer = AutoTokenizer.from_pretrained(str(source), **({} if revision is None else {"revision": revision}))
     except OSError as err:
         raise PipelineError(f"tokenizer {str(source)!r} could not be loaded: {err}") from err
     if name_or_path is None:

@@ -3,7 +3,7 @@
     python -m stages.base_model [--params params.yaml]
 
 Preset real trains on a hub model (model.name is a hub id): then nothing is built and models/base/source.json
-names the hub model.
+records the hub model and the commit `model.revision` resolves to, which every later stage loads.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from kospi_ft import atomic, params
-from kospi_ft.base_model import ModelParams, write_base_model
+from kospi_ft import params
+from kospi_ft.base_model import ModelParams, record_hub_base, write_base_model
 from stages._main import run
 
 log = logging.getLogger("stages.base_model")
@@ -27,10 +27,9 @@ def main(argv: list[str] | None = None) -> None:
     paths = params.load_paths(raw=raw)
     out_dir = paths.models_dir / "base"
     if Path(model.name) != out_dir:
-        # DVC still expects the out: it records which hub model the later stages load instead.
-        log.info("model.name is %s: no embedded base to build; %s only names it", model.name, out_dir)
-        with atomic.atomic_path(out_dir, is_dir=True) as tmp:
-            atomic.write_json(tmp / "source.json", {"hub_model": model.name})
+        # DVC still expects the out: it pins which hub commit the later stages load instead.
+        source = record_hub_base(model, out_dir)
+        log.info("model.name is %s: no embedded base to build; %s records %s", model.name, out_dir, source)
         return
     info = write_base_model(model, out_dir)
     log.info("wrote %s: %s", out_dir, info)

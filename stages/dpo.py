@@ -1,6 +1,6 @@
 """Stage stage3: DPO on the Stage 2 adapter, the Stage 2 model being the reference policy.
 
-    python -m stages.dpo [--beta X --epochs N --lr X --batch-size N --max-seq-length N] [--resume]
+    python -m stages.dpo [--beta X --epochs N --lr X --batch-size N --max-seq-length N] [--restart]
 
 Flags override params.yaml `dpo`. Reads paths.dpo_pairs and models/stage2; writes models/stage3 (the trained
 adapter only, with tokenizer + resolved_config.json), metrics/train/stage3.json (including the step-0 loss, ln 2
@@ -12,7 +12,7 @@ import argparse
 import logging
 
 from kospi_ft import params, presets
-from kospi_ft.base_model import ModelParams
+from kospi_ft.base_model import ModelParams, resolve_base
 from kospi_ft.training import backends
 from stages._main import run
 from stages.sft import add_train_flags, run_paths
@@ -30,13 +30,16 @@ def main(argv: list[str] | None = None) -> None:
 
     raw = params.read_raw(args.params)
     model = params.load("model", ModelParams, raw=raw)
-    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "max_seq_length", "resume", "beta")}
+    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "max_seq_length", "beta")}
     cfg = params.load("dpo", DPOParams, overrides=overrides, raw=raw)
     paths = params.load_paths(raw=raw)
+    # The guardrails first: no CUDA / no unsloth stops the stage before anything is read or loaded.
     backend = backends.prepare_backend(model.backend, allow_cpu=model.allow_cpu, strict=presets.is_real(raw))
-    metrics = train_dpo(cfg, model_name=model.name, backend=backend, load_in_4bit=model.load_in_4bit,
-                        data_path=paths.dpo_pairs, stage2_adapter=paths.models_dir / "stage2",
-                        paths=run_paths(paths, "stage3"))
+    base = resolve_base(model, paths.models_dir)
+    metrics = train_dpo(cfg, model_name=base.name, revision=base.revision, backend=backend,
+                        load_in_4bit=model.load_in_4bit, data_path=paths.dpo_pairs,
+                        stage2_adapter=paths.models_dir / "stage2", paths=run_paths(paths, "stage3"),
+                        restart=args.restart)
     log.info("stage3 done: %s", metrics)
 
 

@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backend", choices=["llamacpp", "ollama", "hf"], help="evaluate.backend")
     p.add_argument("--max-new-tokens", type=int, help="evaluate.max_new_tokens")
     p.add_argument("--ollama-url", help="Ollama base URL (evaluate.ollama_url)")
+    p.add_argument("--gpu-layers", type=int, help="llama.cpp layers on the GPU, -1 = all (evaluate.gpu_layers)")
+    p.add_argument("--threads", type=int, help="llama.cpp threads, 0 = all cores (evaluate.threads)")
     p.add_argument("--rouge", action=argparse.BooleanOptionalAction, default=None, help="evaluate.rouge")
     p.add_argument("--predictions", type=Path, help="also write every reply and its findings to this JSONL")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = params.load("evaluate", EvaluateParams, raw=raw, overrides={
         "backend": args.backend, "n_samples": args.n_samples, "max_new_tokens": args.max_new_tokens,
         "ollama_url": args.ollama_url, "rouge": args.rouge, "base_model": args.base_model,
-        "ft_model": args.ft_model})
+        "ft_model": args.ft_model, "gpu_layers": args.gpu_layers, "threads": args.threads})
     paths = params.load_paths(raw=raw)
     locator = ModelLocator.from_params(raw)
     if args.name and (args.base_model or args.ft_model):

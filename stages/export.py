@@ -12,7 +12,7 @@ import argparse
 import typing
 
 from kospi_ft import atomic, params
-from kospi_ft.base_model import ModelParams
+from kospi_ft.base_model import ModelParams, resolve_base
 from kospi_ft.errors import ParamsError
 from kospi_ft.export.chain import export_model
 from kospi_ft.export.config import ExportParams, ModelName
@@ -40,15 +40,16 @@ def main(argv: list[str] | None = None) -> None:
     cfg = params.load("export", ExportParams, raw=raw, overrides={
         "quant": args.quant, "num_ctx": args.num_ctx, "temperature": args.temperature, "threads": args.threads})
     paths = params.load_paths(raw=raw)
-    base = params.load("model", ModelParams, raw=raw).name
+    base = resolve_base(params.load("model", ModelParams, raw=raw), paths.models_dir)
     if args.model not in cfg.models:
         raise ParamsError(f"params.yaml: export.models: {args.model!r} is not listed {cfg.models}")
     from kospi_ft.prompts import QUANT_SYSTEM_PROMPT
 
     adapter = None if args.model == "base" else paths.models_dir / args.model
     out_dir = paths.gguf_dir / args.model
-    result = export_model(base=base, adapter_dir=adapter, out_dir=out_dir, quant=cfg.quant,
-                          system_prompt=QUANT_SYSTEM_PROMPT, num_ctx=cfg.num_ctx, temperature=cfg.temperature,
+    result = export_model(base=base.name, revision=base.revision, adapter_dir=adapter, out_dir=out_dir,
+                          quant=cfg.quant, system_prompt=QUANT_SYSTEM_PROMPT, num_ctx=cfg.num_ctx,
+                          temperature=cfg.temperature,
                           merge_dtype=cfg.merge_dtype, threads=cfg.threads, parity_tokens=cfg.parity_tokens,
                           model_name=ollama_model_name(cfg.ollama_prefix, args.model), progress=not args.no_progress)
     metrics = result.metrics()

@@ -1,7 +1,10 @@
 """Stages stage1 and stage2: QLoRA SFT (TRL SFTTrainer, packing, assistant-only loss).
 
     python -m stages.sft --stage stage1 [--epochs N --lr X --batch-size N --max-seq-length N --lora-rank N]
-    python -m stages.sft --stage stage2 [... --skip-stage1] [--resume]
+    python -m stages.sft --stage stage2 [... --skip-stage1] [--restart]
+
+A rerun after an interruption resumes from the newest complete checkpoint of the same run
+(checkpoints/<stage>); --restart starts over (the old checkpoints are moved aside, not deleted).
 
 Flags override params.yaml `stage1` / `stage2`. Stage 1 trains on paths.stage1_data, Stage 2 on paths.synthetic,
 continuing the Stage 1 adapter (or the base with --skip-stage1). Writes models/<stage> (adapter + tokenizer +
@@ -13,7 +16,7 @@ import argparse
 import logging
 
 from kospi_ft import params, presets
-from kospi_ft.base_model import ModelParams
+from kospi_ft.base_model import ModelParams, resolve_base
 from kospi_ft.errors import ParamsError
 from kospi_ft.training import backends
 from kospi_ft.training.common import RunPaths
@@ -28,8 +31,9 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--batch-size", type=int, dest="batch_size")
     parser.add_argument("--max-seq-length", type=int, dest="max_seq_length")
-    parser.add_argument("--resume", action="store_true", default=None,
-                        help="continue from the newest checkpoint written with the same config")
+    parser.add_argument("--restart", action="store_true",
+                        help="start over instead of resuming from the newest checkpoint of the same run (the old "
+                             "checkpoints are moved aside to checkpoints/<stage>.<fingerprint>/)")
     params.add_params_flag(parser)
 
 
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     raw = params.read_raw(args.params)
     model = params.load("model", ModelParams, raw=raw)
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "max_seq_length", "lora_rank",
-                                               "resume", "skip_stage1")}
+                                               "skip_stage1")}
     cfg = params.load(args.stage, SFTParams if args.stage == "stage1" else Stage2Params, overrides=overrides, raw=raw)
     paths = params.load_paths(raw=raw)
 
@@ -68,11 +72,13 @@ def main(argv: list[str] | None = None) -> None:
             log.warning("no Stage 1 adapter in %s: Stage 2 trains on the base model directly", stage1_dir)
         else:
             init_adapter = stage1_dir
+    # The guardrails first: no CUDA / no unsloth stops the stage before anything is read or loaded.
     backend = backends.prepare_backend(model.backend, allow_cpu=model.allow_cpu, strict=presets.is_real(raw))
-    metrics = train_sft(cfg, stage=args.stage, model_name=model.name, backend=backend,
+    base = resolve_base(model, paths.models_dir)
+    metrics = train_sft(cfg, stage=args.stage, model_name=base.name, revision=base.revision, backend=backend,
                         load_in_4bit=model.load_in_4bit,
                         data_path=paths.stage1_data if args.stage == "stage1" else paths.synthetic,
-                        init_adapter=init_adapter, paths=run_paths(paths, args.stage))
+                        init_adapter=init_adapter, paths=run_paths(paths, args.stage), restart=args.restart)
     log.info("%s done: %s", args.stage, metrics)
 
 

@@ -111,6 +111,52 @@ def test_corrupted_remote_object_is_detected_on_pull(work):
     victim.write_bytes(bytes(data))
 
 
+def _md5(path: Path) -> str:
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_a_remote_added_the_readme_way_verifies_and_a_bad_object_never_lands(work):
+    """README: `dvc remote add NAME URL` + `dvc remote modify NAME verify true`. A corrupted object on it makes
+    `dvc pull` fail, and no workspace file has other bytes than the run wrote (DVC's default, verify off, would
+    check the corrupted file out and report `dvc status` clean)."""
+    clone, base = work["clone"], work["base"]
+    dvc(clone, "remote", "add", "second", str(base / "second-remote"))
+    dvc(clone, "remote", "modify", "second", "verify", "true")
+    git(clone, "add", ".dvc/config")
+    git(clone, "commit", "-qm", "second remote")
+    dvc(clone, "push", "-r", "second")
+    objects = sorted((p for p in (base / "second-remote").rglob("*") if p.is_file() and p.stat().st_size > 1000),
+                     key=lambda p: p.stat().st_size)
+    victim = objects[-1]  # the largest object: a model file
+    victim.chmod(0o644)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    fifth = base / "fifth"
+    git(base, "clone", "-q", str(clone), str(fifth))
+    r = dvc(fifth, "pull", "-r", "second", check=False)
+    assert r.returncode != 0 and "Checkout failed" in r.stdout + r.stderr
+    good = {f.parent.name + f.name for f in (clone / ".dvc" / "cache" / "files" / "md5").rglob("*")
+            if f.is_file() and not f.name.endswith(".dir")}
+    in_git = set(git(fifth, "ls-files").splitlines())
+    pulled = [f for top in ("data", "models") for f in (fifth / top).rglob("*")
+              if f.is_file() and f.relative_to(fifth).as_posix() not in in_git]
+    assert pulled, "nothing was checked out at all"
+    assert all(_md5(f) in good for f in pulled), [f for f in pulled if _md5(f) not in good]
+    # What the check guards against: the same pull with verification off succeeds with the bad bytes in place.
+    sixth = base / "sixth"
+    git(base, "clone", "-q", str(clone), str(sixth))
+    dvc(sixth, "remote", "modify", "--local", "second", "verify", "false")
+    dvc(sixth, "pull", "-r", "second")
+    bad = [f for top in ("data", "models") for f in (sixth / top).rglob("*")
+           if f.is_file() and f.relative_to(sixth).as_posix() not in in_git and _md5(f) not in good]
+    assert bad and "up to date" in dvc(sixth, "status").stdout
+    data[len(data) // 2] ^= 0xFF  # restore: a local remote may share the object's inode with the clone's cache
+    victim.write_bytes(bytes(data))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -154,6 +200,7 @@ def test_push_and_pull_through_an_ssh_remote(work, sshd, tmp_path):
     clone = work["clone"]
     url = f"ssh://root@127.0.0.1:{sshd['port']}{tmp_path}/ssh-remote"
     dvc(clone, "remote", "add", "--local", "sshremote", url)
+    dvc(clone, "remote", "modify", "--local", "sshremote", "verify", "true")  # the README way
     dvc(clone, "remote", "modify", "--local", "sshremote", "keyfile", str(sshd["key"]))
     dvc(clone, "push", "-r", "sshremote")
     assert any((tmp_path / "ssh-remote").rglob("*"))

@@ -78,6 +78,8 @@ def test_extract_json_finds_the_object(text, method):
     ("[1, 2]", "list"),
     ('{"a": NaN}', "NaN"),                        # not JSON
     ('{"a": Infinity}', "Infinity"),
+    ('{"score": 1e400}', "out of range"),         # overflows to inf: would pass a range check against infinity
+    ('{"score": -1e400}', "out of range"),
     ('{"a": ' + "9" * 5000 + "}", "digits"),      # Python's int-conversion limit
     ("[" * 50_000, "Recursion"),
     ("no json here", "Expecting"),
@@ -140,6 +142,15 @@ def test_schema_broken_reply(answer, reference):
     assert not s.strategy_ok and s.violation is None  # rules are only checked on schema-valid answers
     assert any(e.startswith("exposure:") for e in s.errors)
     assert s.signal_ok is True and s.korean_ok  # the rest of the answer is still fine
+
+
+def test_a_score_that_parses_to_infinity_is_not_a_valid_reply(answer, reference):
+    big = copy.deepcopy(answer)
+    big["positions"][1]["score"] = 0.5
+    text = json.dumps(big, ensure_ascii=False).replace('"score": 0.5', '"score": 1e400')
+    s = score_reply(TASK, text, reference)
+    assert not s.json_valid and not s.schema_valid and s.signal_ok is False
+    assert any("out of range" in e for e in s.errors)
 
 
 def test_out_of_range_score(answer, reference):
@@ -382,9 +393,15 @@ def test_model_locator_resolves_names(tmp_path):
     assert loc.ollama_name("stage2") == "qwen2.5-kospi-ft-s2"
     assert loc.ollama_name("qwen2.5:32b") == "qwen2.5:32b"
     assert loc.hf("base") == ("models/base", None)
+    # A pipeline adapter runs on model.name, like base, whatever repo training recorded (unsloth: its 4-bit mirror).
     (tmp_path / "stage2").mkdir()
-    (tmp_path / "stage2" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "b"}))
-    assert loc.hf("stage2") == ("b", tmp_path / "stage2")
+    (tmp_path / "stage2" / "adapter_config.json").write_text(json.dumps(
+        {"base_model_name_or_path": "unsloth/qwen2.5-7b-instruct-unsloth-bnb-4bit"}))
+    assert loc.hf("stage2") == ("models/base", tmp_path / "stage2")
+    other = tmp_path / "elsewhere" / "adapter"
+    other.mkdir(parents=True)
+    (other / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "b"}))
+    assert loc.hf(str(other)) == ("b", other)  # an adapter from outside the pipeline: the base it names
 
 
 # ---- Ollama backend against a local fake server ---------------------------------------------------------------
@@ -489,6 +506,9 @@ def test_llamacpp_backend_end_to_end(tiny_gguf, tiny_hf, reference):
     from kospi_ft.evaluation.backends import GGUF_TEMPLATE_FORMAT, LlamaCppBackend
 
     backend = LlamaCppBackend(tiny_gguf, seed=0, n_ctx=4096, n_threads=1)
+    decoded: list[int] = []
+    real_eval = backend._llm.eval
+    backend._llm.eval = lambda tokens: (decoded.append(len(tokens)), real_eval(tokens))[1]
     try:
         assert backend._llm.chat_format == GGUF_TEMPLATE_FORMAT
         records = [EvalRecord(r["task"], r["messages"][:2], r["messages"][2]["content"])
@@ -499,13 +519,27 @@ def test_llamacpp_backend_end_to_end(tiny_gguf, tiny_hf, reference):
                                                   return_dict=True)["input_ids"]
         assert first.prompt_tokens == len(expected)
         assert 0 < first.completion_tokens <= 12 and first.latency_s > 0
-        # Greedy + fixed seed + cleared cache: the same prompt gives the same reply, even after another prompt.
-        backend.generate(records[1].prompt, 12)
+        # The system prompt is decoded once, alone: it is the prompt's first tokens, as training renders them.
+        prefix = backend.prefix_tokens
+        system_only = tiny_hf[1].apply_chat_template(records[0].prompt[:1], tokenize=True, return_dict=True)
+        assert prefix == system_only["input_ids"] == expected[:len(prefix)] and len(prefix) > 1000
+        assert decoded[0] == len(prefix)
+        # The next prompt decodes only what follows the system prompt.
+        decoded.clear()
+        second = backend.generate(records[1].prompt, 12)
+        assert decoded[0] == second.prompt_tokens - len(prefix)
+        # Greedy + fixed seed, every prompt starting from the same cache: a reply does not depend on the prompt
+        # before it, and equals a fresh backend's.
         again = backend.generate(records[0].prompt, 12)
         assert (again.text, again.completion_tokens) == (first.text, first.completion_tokens)
         result = evaluate(backend, records, max_new_tokens=12, rouge=True, progress=False)
     finally:
         backend.close()
+    fresh = LlamaCppBackend(tiny_gguf, seed=0, n_ctx=4096, n_threads=1)
+    try:
+        assert fresh.generate(records[1].prompt, 12).text == second.text
+    finally:
+        fresh.close()
     m = result.metrics
     assert m["n_samples"] == 2 and m["throughput"]["gen_tokens_per_s"] > 0
     assert m["per_task"]["what_if"]["n"] == 1 and m["rouge"]["l_f1_mean"] is not None
@@ -543,6 +577,15 @@ def test_hf_backend_with_adapter(tmp_path, tiny_hf):
     assert a.text == b.text and a.completion_tokens == b.completion_tokens <= 6
     assert a.prompt_tokens == len(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                                 tokenize=True, return_dict=True)["input_ids"])
+    # The adapter is really applied: the bare base answers differently (its logits are another model's).
+    bare_model, no_adapter = loc.hf("base")
+    bare = HFBackend(bare_model, adapter=no_adapter, seed=0)
+    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        tuned_logits = backend._model(**enc).logits[0, -1]
+        bare_logits = bare._model(**enc).logits[0, -1]
+    assert (tuned_logits - bare_logits).abs().max() > 1e-2
+    assert torch.equal(bare_logits, AutoModelForCausalLM.from_pretrained(base_dir)(**enc).logits[0, -1])
 
 
 def test_gpu_layers_on_a_llama_cpp_without_gpu_offload(caplog, project_root, tmp_path):
@@ -569,3 +612,14 @@ def test_gpu_layers_on_a_llama_cpp_without_gpu_offload(caplog, project_root, tmp
     (tmp_path / "stage3" / "model-Q4_K_M.gguf").write_bytes(b"GGUF")
     with pytest.raises(PipelineError, match="built without GPU offload"):
         locator.preflight(cfg, "stage3")
+
+
+@pytest.mark.gpu
+def test_guardrails_pass_with_a_cuda_llama_cpp():
+    """With the CUDA build of llama-cpp-python (requirements-cuda.txt) every layer can go to the GPU."""
+    import llama_cpp
+
+    from kospi_ft.evaluation.backends import check_gpu_offload
+
+    assert llama_cpp.llama_supports_gpu_offload()
+    check_gpu_offload(-1, required=True)

@@ -204,6 +204,23 @@ def test_parity_gate_catches_wrong_template(tmp_path, tiny_base, tokenizer):
     assert "renders differently" in str(err.value)
 
 
+def test_parity_gate_compares_token_ids(tmp_path, tiny_base, tokenizer):
+    """A GGUF whose pre-tokenizer is llama.cpp's `default` instead of `qwen2` splits digit runs and Korean text
+    differently: the gate must catch the differing ids themselves, not only the metadata value."""
+    vocab = tmp_path / "vocab.gguf"
+    subprocess.run([sys.executable, "-m", "convert_hf_to_gguf", str(tiny_base), "--vocab-only", "--outfile",
+                    str(vocab)], check=True, capture_output=True)
+    check_parity(vocab, tokenizer, CHATML_TEMPLATE, parity_conversations(QUANT_SYSTEM_PROMPT), generate_tokens=0)
+    default_pre = tmp_path / "default-pre.gguf"
+    subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(vocab), str(default_pre),
+                    "--pre-tokenizer", "default", "--force"], check=True, capture_output=True)
+    with pytest.raises(ParityError) as err:
+        check_parity(default_pre, tokenizer, CHATML_TEMPLATE, parity_conversations(QUANT_SYSTEM_PROMPT),
+                     generate_tokens=0)
+    assert "tokenizer.ggml.pre = 'default'" in str(err.value)
+    assert "llama.cpp token ids differ from HF" in str(err.value)
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("tokenizer.ggml.padding_token_id", "151645", "padding_token_id = 151645"),
     ("tokenizer.ggml.eos_token_id", "151643", "eos_token_id = 151643"),
@@ -295,9 +312,13 @@ def test_shipped_params_load_for_both_presets(project_root):
         assert {"stage2", "stage3"} <= set(cfg.models)
 
 
-def test_export_stage_writes_outs_and_metrics(tmp_path, project_root, tiny_base):
-    """stages.export wires params -> chain -> outs: base export with a params copy pointing into tmp_path."""
+def test_export_stage_writes_outs_and_metrics(tmp_path, project_root, tiny_base, monkeypatch):
+    """stages.export wires params -> chain -> outs: base export with a params copy pointing into tmp_path. The base
+    is converted from its own weights (never loaded and re-saved: 15 GB at 7B), and the scratch a killed export
+    left beside the output is removed first."""
     import json as _json
+
+    from transformers import PreTrainedModel
 
     from kospi_ft import params
     from stages import export as export_stage
@@ -308,7 +329,19 @@ def test_export_stage_writes_outs_and_metrics(tmp_path, project_root, tiny_base)
                        "paths.export_metrics_dir": str(tmp_path / "metrics"), "model.name": str(tiny_base),
                        "export.quant": "Q8_0"}.items():
         params.update(params_file, key, value)
+    stale = [tmp_path / "gguf" / ".base.work.k1ll3d", tmp_path / "gguf" / ".base.x7q2.tmp"]
+    for d in stale:
+        d.mkdir(parents=True)
+        (d / "model-f16.gguf").write_bytes(b"\0" * 4096)
+    kept = tmp_path / "gguf" / ".stage2.work.other"  # another model's export: not this one's to remove
+    kept.mkdir()
+
+    def no_resave(*args, **kwargs):
+        raise AssertionError("the base export re-saved the model weights")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", no_resave)
     export_stage.main(["--model", "base", "--params", str(params_file), "--no-progress", "--num-ctx", "1024"])
+    assert not any(d.exists() for d in stale) and kept.is_dir()
     out = tmp_path / "gguf" / "base"
     assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "model-Q8_0.gguf"]
     assert "PARAMETER num_ctx 1024" in (out / "Modelfile").read_text(encoding="utf-8").splitlines()

@@ -24,3 +24,16 @@ def test_missing_and_empty_files_are_named(tmp_path):
     (tmp_path / "blank.jsonl").write_text("\n \n", encoding="utf-8")
     with pytest.raises(DataValidationError, match=r"blank\.jsonl: eval set is empty"):
         read_jsonl(tmp_path / "blank.jsonl", what="eval set", hint="h")
+
+
+def test_jsonl_writer_keeps_a_lone_surrogate(tmp_path):
+    """A model reply cut inside a UTF-16 pair holds a lone surrogate, which has no UTF-8 form."""
+    import json
+
+    from kospi_ft import atomic
+
+    rows = [{"reply": "반\ud800등", "n": 1}, {"reply": "정상", "n": 2}]
+    atomic.write_jsonl(tmp_path / "p.jsonl", rows)
+    lines = (tmp_path / "p.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == rows
+    assert "정상" in lines[1]  # other lines stay readable UTF-8

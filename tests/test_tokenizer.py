@@ -65,9 +65,14 @@ def test_configure_rejects_a_non_qwen_vocabulary(tok):
 
 
 def test_save_and_reload_keeps_template(tok, tmp_path):
+    """The saved files carry the template, pad and eos (what the GGUF converter and any plain transformers user
+    read). Reloaded with AutoTokenizer, not load_tokenizer, which would set the template again either way."""
+    from transformers import AutoTokenizer
+
     tok.save_pretrained(tmp_path)
-    again = load_tokenizer(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
     assert again.chat_template == CHATML_TEMPLATE
+    assert (again.pad_token, again.eos_token) == ("<|endoftext|>", "<|im_end|>")
     assert again.apply_chat_template(CONVERSATION, tokenize=False) == tok.apply_chat_template(CONVERSATION,
                                                                                               tokenize=False)
     assert again(" 코스피 200").input_ids == tok(" 코스피 200").input_ids

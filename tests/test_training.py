@@ -14,7 +14,7 @@ from kospi_ft.base_model import ModelParams, TinyShape, build_tiny_model
 from kospi_ft.errors import DataValidationError, ParamsError
 from kospi_ft.tokenizer import load_tokenizer
 from kospi_ft.training import backends
-from kospi_ft.training.common import RunPaths, prepare_checkpoints
+from kospi_ft.training.common import RunPaths
 from kospi_ft.training.dpo import LN2, DPOParams, build_dpo_trainer, load_pairs, reference_is_policy
 from kospi_ft.training.sft import (SFTParams, Stage2Params, build_sft_trainer, count_label_tokens,
                                   load_conversations, row_batches, train_sft)
@@ -242,8 +242,11 @@ def test_stage1_outputs(stage1_dir):
     # Written in a fixed order (PEFT's set order changes per process), so the adapter dir hashes the same.
     modules = json.loads((stage1_dir / "adapter_config.json").read_text())["target_modules"]
     assert modules == sorted(SFTParams(**SFT).target_modules)
-    assert (stage1_dir / "chat_template.jinja").is_file() or "chat_template" in (
-        stage1_dir / "tokenizer_config.json").read_text()
+    from transformers import AutoTokenizer
+
+    from kospi_ft.tokenizer import CHATML_TEMPLATE
+
+    assert AutoTokenizer.from_pretrained(stage1_dir).chat_template == CHATML_TEMPLATE  # the files, not configure()
     assert (root / "live-stage1" / "plots" / "metrics" / "train" / "loss.tsv").read_text().count("\n") == 4
 
 
@@ -257,36 +260,6 @@ def test_stage2_starts_from_the_stage1_adapter(base_dir, stage1_dir, tmp_path):
     assert len(live) == len(stage1)
     for key, value in stage1.items():
         assert torch.equal(live[key], value), key
-
-
-def test_resume_after_interruption_continues_from_the_checkpoint(base_dir, tmp_path):
-    from transformers import TrainerCallback
-
-    class Crash(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 3:
-                raise KeyboardInterrupt("simulated interruption")
-
-    full = sft(base_dir, tmp_path / "full", "s", max_steps=4)
-    with pytest.raises(KeyboardInterrupt):
-        sft(base_dir, tmp_path / "cut", "s", max_steps=4, callbacks=[Crash()])
-    assert not (tmp_path / "cut" / "s").exists()  # nothing half-written
-    resumed = sft(base_dir, tmp_path / "cut", "s", max_steps=4, resume=True)
-    assert resumed["resumed_from"] == "checkpoint-2" and resumed["steps"] == 4
-    a, b = adapter_tensors(tmp_path / "full" / "s"), adapter_tensors(tmp_path / "cut" / "s")
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
-    assert full["final_loss"] == pytest.approx(resumed["final_loss"], abs=1e-5)
-
-
-def test_checkpoints_of_another_config_are_not_resumed(tmp_path):
-    ckpt = tmp_path / "ckpt"
-    assert prepare_checkpoints(ckpt, {"lr": 1}, resume=False) is None
-    (ckpt / "checkpoint-2").mkdir()
-    (ckpt / "checkpoint-10").mkdir()
-    assert prepare_checkpoints(ckpt, {"lr": 1}, resume=True) == str(ckpt / "checkpoint-10")
-    assert prepare_checkpoints(ckpt, {"lr": 2}, resume=True) is None
-    assert not (ckpt / "checkpoint-10").exists()
 
 
 # --- DPO ---------------------------------------------------------------------------------------------------------
@@ -374,16 +347,41 @@ def test_dpo_saves_only_the_trained_adapter(base_dir, stage2_dir, tmp_path):
 
     from kospi_ft.training.dpo import train_dpo
 
-    metrics = train_dpo(DPOParams(epochs=1, max_steps=1, lr=5e-7, batch_size=1, max_seq_length=256, save_steps=10),
+    metrics = train_dpo(DPOParams(epochs=1, max_steps=2, lr=1e-3, batch_size=1, max_seq_length=256, save_steps=10,
+                                  warmup_ratio=0.0),
                         model_name=base_dir, backend="hf", load_in_4bit=True, data_path=FIXTURES / "dpo_pairs.jsonl",
                         stage2_adapter=stage2_dir, paths=run_paths(tmp_path, "stage3"))
     assert metrics["step0_loss"] == pytest.approx(LN2, abs=1e-3) and metrics["step0_reward_margin"] == 0
     out = tmp_path / "stage3"
     assert not (out / "ref").exists()
     assert json.loads((out / "resolved_config.json").read_text())["init_adapter"] == str(stage2_dir)
-    saved = adapter_tensors(out)
-    assert saved.keys() == adapter_tensors(stage2_dir).keys()
+    saved, start = adapter_tensors(out), adapter_tensors(stage2_dir)
+    assert saved.keys() == start.keys()
+    # What was saved is the trained policy, not the Stage 2 start (nor TRL's frozen `ref` copy of it).
+    changed = [k for k in saved if not torch.equal(saved[k], start[k])]
+    assert len(changed) == len(saved), sorted(set(saved) - set(changed))[:3]
     assert (tmp_path / "live-stage3" / "plots" / "metrics" / "rewards" / "margins.tsv").is_file()
+
+
+def test_dpo_off_its_stage2_reference_writes_no_stage3(base_dir, stage2_dir, tmp_path):
+    """Step 0 off ln 2 (here: TRL's `ref` copy is dropped, so the reference is the bare base) is an error, and
+    models/stage3 is not written."""
+    from transformers import TrainerCallback
+
+    from kospi_ft.training.dpo import DPOReferenceError, train_dpo
+
+    class DropReference(TrainerCallback):
+        def __init__(self, trainer_model):
+            self.model = trainer_model
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            model.delete_adapter("ref")
+
+    with pytest.raises(DPOReferenceError, match=r"DPO step 0: loss .* != ln 2.*not the Stage 2 model.*not written"):
+        train_dpo(DPOParams(epochs=1, max_steps=1, lr=1e-3, batch_size=1, max_seq_length=256, save_steps=10),
+                  model_name=base_dir, backend="hf", load_in_4bit=True, data_path=FIXTURES / "dpo_pairs.jsonl",
+                  stage2_adapter=stage2_dir, paths=run_paths(tmp_path, "stage3"), callbacks=[DropReference(None)])
+    assert not (tmp_path / "stage3").exists() and not (tmp_path / "stage3.json").exists()
 
 
 def test_cli_flags_override_params_and_are_validated():
@@ -417,7 +415,8 @@ def test_unsloth_sft_then_dpo_starts_at_ln2(base_dir, tmp_path):
 
 def test_packed_documents_do_not_attend_across_the_boundary_on_cpu(base_dir):
     """What the padding-free SFT collator feeds the hf backend: one row, position_ids restarting per document, and
-    use_cache=False as SFTTrainer.compute_loss sets it (with a cache, transformers skips packed-sequence masking)."""
+    use_cache=False as SFTTrainer.compute_loss sets it (with a cache, transformers skips packed-sequence masking).
+    The model itself: test_bfd_batches_from_the_trainer_keep_documents_apart runs a batch the trainer built."""
     model, tok = backends.load_base(base_dir, "hf", 512)
     a = torch.tensor(tok("코스피 지수가 상승했다. " * 8).input_ids)
     b = torch.tensor(tok("Samsung Electronics PER is 12. " * 6).input_ids)
@@ -429,3 +428,40 @@ def test_packed_documents_do_not_attend_across_the_boundary_on_cpu(base_dir):
         crossed = model(input_ids=row, position_ids=torch.arange(row.shape[1])[None], use_cache=False)
     torch.testing.assert_close(packed.logits[0, len(a):], alone, rtol=0, atol=1e-5)
     assert (crossed.logits[0, len(a):] - alone).abs().max() > 1e-3
+
+
+def test_bfd_batches_from_the_trainer_keep_documents_apart(base_dir, tmp_path):
+    """A batch exactly as the pipeline's SFT trainer builds it (bfd, padding-free): each packed document's logits
+    equal that document run alone, and would not with one continuous position range."""
+    trainer = build_sft_trainer(SFTParams(**(SFT | {"max_steps": 1, "batch_size": 4, "max_seq_length": 512})),
+                                model_name=base_dir, backend="hf", load_in_4bit=True,
+                                data=load_conversations(FIXTURES / "stage1.jsonl"), init_adapter=None,
+                                paths=run_paths(tmp_path, "bfd", live=False))
+    batch = next(iter(trainer.get_train_dataloader()))
+    ids, positions = batch["input_ids"], batch["position_ids"]
+    assert ids.shape[0] == 1 and "attention_mask" not in batch  # one padding-free row
+    starts = (positions[0] == 0).nonzero().flatten().tolist()
+    assert len(starts) >= 2, "the batch must pack at least two documents"
+    s, e = starts[1], (starts[2] if len(starts) > 2 else ids.shape[1])
+    model = trainer.model.eval()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        packed = model(**inputs, use_cache=False).logits[0, s:e]
+        alone = model(input_ids=ids[:, s:e], position_ids=torch.arange(e - s)[None], use_cache=False).logits[0]
+        crossed = model(input_ids=ids, position_ids=torch.arange(ids.shape[1])[None], use_cache=False).logits[0, s:e]
+    torch.testing.assert_close(packed, alone, rtol=0, atol=1e-5)
+    assert (crossed - alone).abs().max() > 1e-3
+
+
+@pytest.mark.gpu
+def test_guardrails_with_cuda_visible(monkeypatch):
+    """On a CUDA machine: the real preset's settings train on unsloth; without unsloth they stop instead of
+    falling back to hf, unless hf is asked for."""
+    assert backends.resolve_backend("unsloth", allow_cpu=False, strict=True) == "unsloth"
+    assert backends.resolve_backend("auto", allow_cpu=False, strict=True) == "unsloth"
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ParamsError, match="does not fall back"):
+        backends.resolve_backend("auto", allow_cpu=False, strict=True)
+    with pytest.raises(ParamsError, match="unsloth is not installed"):
+        backends.resolve_backend("unsloth", allow_cpu=False, strict=True)
+    assert backends.resolve_backend("hf", allow_cpu=False, strict=True) == "hf"

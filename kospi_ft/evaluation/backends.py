@@ -7,7 +7,9 @@ seed, so the same model file gives the same replies, and therefore the same scor
 
 - `LlamaCppBackend`: llama-cpp-python on `models/gguf/<name>/model-<QUANT>.gguf`, rendering prompts with the
   chat template stored in the GGUF (the one the export wrote and its parity gate checked), stopping at its
-  eos token. The KV cache is cleared before every prompt so a reply does not depend on the one before it.
+  eos token. Every eval prompt opens with the same ~1.4k-token system prompt: it is decoded once, alone, and
+  each prompt starts from that KV cache with everything after it cleared, so only the ~0.7k-token rest of a
+  prompt is processed and a reply still does not depend on the one before it.
 - `OllamaBackend`: POST /api/chat (stream off) on a running Ollama; models by name (`ollama create` first).
 - `HFBackend`: a HF model dir or hub id, plus a PEFT adapter dir when given (the training stages' outputs).
 """
@@ -102,10 +104,35 @@ class LlamaCppBackend:
         # Always the GGUF's own template: llama-cpp-python would otherwise swap in a built-in format whenever
         # the template happens to look like one it knows.
         self._llm.chat_format = GGUF_TEMPLATE_FORMAT
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        # The same template without the assistant header: renders the system turn alone, as the prompt opens.
+        self._system_formatter = Jinja2ChatFormatter(
+            template=self._llm.metadata["tokenizer.chat_template"], eos_token="", bos_token="",
+            add_generation_prompt=False)
+        self.prefix_tokens: list[int] = []  # the system prompt whose KV cache every prompt starts from
+
+    def _start_from_system_prompt(self, messages: list[Message]) -> None:
+        """Leave exactly the system prompt's KV cache in place (decoding it, alone, when it is new).
+
+        llama-cpp-python then reuses that prefix and decodes only the rest of the prompt (its prefix match); a
+        prompt that does not open with it is simply decoded in full by the same match."""
+        system = messages[:1] if messages and messages[0].get("role") == "system" else []
+        if not system:
+            self._llm.reset()
+            return
+        text = self._system_formatter(messages=system).prompt
+        tokens = self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        if tokens != self.prefix_tokens:
+            self._llm.reset()
+            self._llm.eval(tokens)
+            self.prefix_tokens = tokens
+        else:
+            self._llm.n_tokens = len(tokens)  # drop the previous prompt and reply; the prefix's cache stays
 
     def generate(self, messages: list[Message], max_new_tokens: int, seed: int | None = None) -> Generation:
-        self._llm.reset()
-        t0 = time.perf_counter()
+        t0 = time.perf_counter()  # the one-time system prompt decode counts in the first request's latency
+        self._start_from_system_prompt(messages)
         try:
             out = self._llm.create_chat_completion(
                 messages=messages, max_tokens=max_new_tokens, temperature=self.temperature, repeat_penalty=1.0,
@@ -193,11 +220,12 @@ class OllamaBackend:
 class HFBackend:
     """A HF causal LM (dir or hub id), with a PEFT adapter on top when `adapter` is given.
 
-    CPU runs fp32; CUDA runs bf16. The tokenizer comes from the adapter dir when it has one (training saves it
-    there), else from the model, and gets the project's chat template (`kospi_ft.tokenizer`).
+    CPU runs fp32; CUDA runs bf16, base and fine-tunes alike. The tokenizer comes from the adapter dir when it has
+    one (training saves it there), else from the model, and gets the project's chat template (`kospi_ft.tokenizer`).
     """
 
-    def __init__(self, model: str | Path, *, adapter: Path | None = None, seed: int = 0) -> None:
+    def __init__(self, model: str | Path, *, adapter: Path | None = None, seed: int = 0,
+                 revision: str | None = None) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -209,9 +237,10 @@ class HFBackend:
         self._device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if self._device == "cuda" else torch.float32
         tok_source = adapter if adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file() else model
+        pin = {} if revision is None else {"revision": revision}
         try:
-            self._tokenizer = load_tokenizer(str(tok_source))
-            net = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype)
+            self._tokenizer = load_tokenizer(str(tok_source), **(pin if tok_source == model else {}))
+            net = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype, **pin)
         except OSError as err:
             raise PipelineError(f"{model}: cannot load the HF model/tokenizer: {err}") from None
         if adapter is not None:

@@ -4,8 +4,10 @@ A model is referred to by its pipeline name (base, stage2, stage3) or, outside t
 - llamacpp: a name -> `<paths.gguf_dir>/<name>/model-<export.quant>.gguf`; or a path to any .gguf file.
 - ollama:   a name -> the name `stages.register` gives it (`<export.ollama_prefix>-s3`, ...); any other string
             is an Ollama model as it is (`qwen2.5:32b`).
-- hf:       `base` -> `model.name`; a name with an adapter in `<paths.models_dir>/<name>` -> that adapter on the
-            base recorded in its adapter_config.json; else a HF model dir, adapter dir or hub id as given.
+- hf:       `base` -> `model.name`; a name with an adapter in `<paths.models_dir>/<name>` -> that adapter on
+            `model.name` too, so base and fine-tunes run on the same weights in the same precision (unsloth records
+            its 4-bit mirror as an adapter's base); another adapter dir -> on the base its adapter_config.json
+            names; else a HF model dir or hub id as given.
 """
 from __future__ import annotations
 
@@ -63,6 +65,7 @@ class ModelLocator:
     ollama_prefix: str     # export.ollama_prefix
     hf_base: str           # model.name
     require_gpu: bool = False  # the real preset: gpu_layers != 0 without GPU offload is an error, not a warning
+    hf_revision: str | None = None  # model.revision (a hub base's commit is read from models/base when hf runs)
 
     @classmethod
     def from_params(cls, raw: dict) -> "ModelLocator":
@@ -73,9 +76,10 @@ class ModelLocator:
 
         paths = params.load_paths(raw=raw)
         export = params.load("export", ExportParams, raw=raw)
+        model = params.load("model", ModelParams, raw=raw)
         return cls(gguf_dir=paths.gguf_dir, models_dir=paths.models_dir, quant=export.quant,
-                   ollama_prefix=export.ollama_prefix, hf_base=params.load("model", ModelParams, raw=raw).name,
-                   require_gpu=presets.is_real(raw))
+                   ollama_prefix=export.ollama_prefix, hf_base=model.name, require_gpu=presets.is_real(raw),
+                   hf_revision=model.revision)
 
     def gguf(self, ref: str) -> Path:
         from ..export.chain import gguf_name
@@ -91,7 +95,9 @@ class ModelLocator:
         """(model, adapter or None) for the HF backend."""
         if ref == "base":
             return self.hf_base, None
-        local = self.models_dir / ref if (self.models_dir / ref).is_dir() else Path(ref)
+        if Path(ref).name == ref and (self.models_dir / ref / "adapter_config.json").is_file():  # a pipeline name
+            return self.hf_base, self.models_dir / ref
+        local = Path(ref)
         if (local / "adapter_config.json").is_file():
             return adapter_base(local), local
         return str(local) if local.is_dir() else ref, None
@@ -116,4 +122,10 @@ class ModelLocator:
             raise PipelineError(f"backend hf decodes greedily only; sampling at temperature {temperature} needs "
                                 f"llamacpp or ollama")
         model, adapter = self.hf(ref)
-        return HFBackend(model, adapter=adapter, seed=cfg.seed)
+        revision = None
+        if model == self.hf_base:  # the pipeline's base: load the commit models/base pins
+            from ..base_model import ModelParams, resolve_base
+
+            pinned = resolve_base(ModelParams(name=self.hf_base, revision=self.hf_revision), self.models_dir)
+            revision = pinned.revision
+        return HFBackend(model, adapter=adapter, seed=cfg.seed, revision=revision)

@@ -6,12 +6,14 @@ one it needed, so the metrics can tell "valid JSON" apart from "valid JSON once 
 anything that is not a JSON object after unwrapping comes back as `Extraction(data=None, ...)` with the reason.
 
 Strict JSON only: `NaN`/`Infinity` literals are rejected (they are not JSON and would slip through range
-checks), and so are numbers Python refuses to convert (an integer of more than 4,300 digits).
+checks), and so are numbers that only parse to infinity (`1e400`) and numbers Python refuses to convert (an
+integer of more than 4,300 digits).
 """
 from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +59,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-JSON constant {name}")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 overflows to inf: a range check would compare against infinity
+        raise ValueError(f"number {text[:40]} is out of range (parses to {value})")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def _loads_object(text: str) -> tuple[dict | None, str | None]:

@@ -2,8 +2,10 @@
 
 Everything is built in temp dirs beside `out_dir`; only when the parity gate passes is the finished dir (the
 quantized GGUF and the Modelfile, nothing else) renamed onto `out_dir`. A failure at any step leaves no partial
-output, and the merged safetensors and the f16 GGUF (the spec's manual `rm` step) are always deleted.
-Disk: a 7B export needs ~15 GB for the merged safetensors plus ~15 GB for the f16 GGUF at its peak.
+output, and the merged safetensors and the f16 GGUF (the spec's manual `rm` step) are always deleted; scratch left
+by a killed export (`.<model>.work.*`, `.<model>.*.tmp`) is removed when the next export of that model starts.
+Disk: a 7B adapter export needs ~15 GB for the merged safetensors plus ~15 GB for the f16 GGUF at its peak; the
+base export links the base's own weights instead of re-saving them, so it needs the f16 GGUF's ~15 GB only.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from tqdm.auto import tqdm
 from .. import atomic
 from ..tokenizer import CHATML_TEMPLATE, load_tokenizer
 from .gguf import convert_to_gguf, ftype_name
-from .merge import check_adapter_dir, merge_to_hf
+from .merge import base_view, check_adapter_dir, merge_to_hf
 from .modelfile import render_modelfile
 from .parity import ParityReport, check_parity, parity_conversations
 from .quantize import QuantizeReport, quantize
@@ -56,17 +58,30 @@ class ExportResult:
         }
 
 
+def remove_stale_scratch(out_dir: Path) -> list[Path]:
+    """Delete what a killed export of `out_dir` left beside it: its `.work.*` scratch and atomic temp dirs."""
+    out_dir = Path(out_dir)
+    stale = sorted([*out_dir.parent.glob(f".{out_dir.name}.work.*"), *out_dir.parent.glob(f".{out_dir.name}.*.tmp"),
+                    *out_dir.parent.glob(f".{out_dir.name}.old")])
+    for path in stale:
+        logger.warning("removing scratch of an interrupted export: %s", path)
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    return stale
+
+
 def export_model(*, base: str | Path, adapter_dir: Path | None, out_dir: Path, quant: str, system_prompt: str,
                  num_ctx: int, temperature: float, merge_dtype: str = "bfloat16", threads: int = 0,
                  parity_tokens: int = 4, expected_template: str = CHATML_TEMPLATE, model_name: str | None = None,
-                 progress: bool = True) -> ExportResult:
+                 progress: bool = True, revision: str | None = None) -> ExportResult:
     """Export base (+ adapter, if given) to `out_dir`/model-<quant>.gguf and `out_dir`/Modelfile.
 
-    `model_name` is the GGUF's `general.name` (default: the output dir's name)."""
+    `model_name` is the GGUF's `general.name` (default: the output dir's name); `revision` the hub commit of
+    `base`."""
     out_dir = Path(out_dir)
     if adapter_dir is not None:
         check_adapter_dir(adapter_dir)  # fail before any work when training has not produced it
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_scratch(out_dir)
     seconds: dict[str, float] = {}
     steps = tqdm(total=5, desc=f"export {out_dir.name}", unit="step", disable=not progress)
 
@@ -80,7 +95,10 @@ def export_model(*, base: str | Path, adapter_dir: Path | None, out_dir: Path, q
     try:
         with atomic.atomic_path(out_dir, is_dir=True) as tmp_out:
             t0 = time.perf_counter()
-            hf_dir = merge_to_hf(base, adapter_dir, work / "hf", dtype=merge_dtype)
+            if adapter_dir is None:
+                hf_dir = base_view(base, work / "hf", revision=revision)
+            else:
+                hf_dir = merge_to_hf(base, adapter_dir, work / "hf", dtype=merge_dtype, revision=revision)
             # The gate compares against the tokenizer exactly as saved with the merged weights.
             tokenizer = load_tokenizer(hf_dir)
             step("merge", t0)

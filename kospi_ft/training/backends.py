@@ -115,20 +115,25 @@ def prepare_backend(requested: str, allow_cpu: bool = True, strict: bool = False
     return backend
 
 
-def load_base(name: str, backend: Resolved, max_seq_length: int, load_in_4bit: bool = True):
-    """(model, tokenizer) for the base model `name` (local dir or hub id), ready for LoRA."""
+def load_base(name: str, backend: Resolved, max_seq_length: int, load_in_4bit: bool = True,
+              revision: str | None = None):
+    """(model, tokenizer) for the base model `name` (local dir, or hub id at `revision`), ready for LoRA."""
     import torch
 
     if backend == "unsloth":
         from unsloth import FastLanguageModel
 
+        # A pinned revision names a commit of `name` itself: unsloth would otherwise load its own pre-quantized
+        # mirror repo, where that commit does not exist, and drop the pin (it quantizes the 16-bit weights on load
+        # instead, the same weights the export merges into).
+        pin = {} if revision is None else {"revision": revision, "use_exact_model_name": True}
         model, tokenizer = FastLanguageModel.from_pretrained(
-            name, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit, dtype=torch.bfloat16)
+            name, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit, dtype=torch.bfloat16, **pin)
         return model, configure_tokenizer(tokenizer)
 
     from transformers import AutoModelForCausalLM
 
-    tokenizer = load_tokenizer(name)
+    tokenizer = load_tokenizer(name, revision=revision)
     if cuda_available():
         kwargs = dict(dtype=torch.bfloat16, attn_implementation="sdpa", device_map={"": 0})
         if load_in_4bit:
@@ -139,6 +144,8 @@ def load_base(name: str, backend: Resolved, max_seq_length: int, load_in_4bit: b
                 bnb_4bit_compute_dtype=torch.bfloat16)
     else:
         kwargs = dict(dtype=torch.float32, attn_implementation="sdpa")
+    if revision is not None:
+        kwargs["revision"] = revision
     try:
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except OSError as err:

