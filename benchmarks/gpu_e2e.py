@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -91,19 +90,38 @@ def prepare(work: Path, model: str, cpu: bool) -> None:
 
 
 class Watch:
-    """Peak GPU memory (nvidia-smi, MiB used on the whole card) and peak disk use above the start, sampled."""
+    """Sampled peaks while a command runs: GPU memory (nvidia-smi, the whole card), resident memory of the
+    command's process tree, and disk use above the start."""
 
-    def __init__(self, path: Path, interval: float = 0.5):
-        self.path, self.interval = path, interval
+    def __init__(self, path: Path, pid: int, interval: float = 0.5):
+        self.path, self.pid, self.interval = path, pid, interval
         self.disk0 = shutil.disk_usage(path).used
         self.vram = 0.0
+        self.rss = 0
         self.disk = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _tree_rss(self) -> int:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        total = 0
+        for proc in procs:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
     def _run(self):
         while not self._stop.is_set():
             self.disk = max(self.disk, shutil.disk_usage(self.path).used - self.disk0)
+            self.rss = max(self.rss, self._tree_rss())
             if shutil.which("nvidia-smi"):
                 r = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
                                    capture_output=True, text=True)
@@ -144,19 +162,18 @@ def _train_numbers(work: Path, stage: str) -> dict:
 
 
 def run_step(work: Path, results: Path, label: str, cmd: list[str], extra=None) -> bool:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    log_file = results.parent / f"{label.replace('@', '_').replace('[', '-').replace(']', '')}.log"
     t0 = time.perf_counter()
-    with Watch(work) as watch:
-        proc = subprocess.run(cmd, cwd=work, env=_env(), capture_output=True, text=True)
+    with log_file.open("w", encoding="utf-8") as log:
+        proc = subprocess.Popen(cmd, cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+        with Watch(work, proc.pid) as watch:
+            proc.wait()
     seconds = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    tail = (proc.stdout + proc.stderr)[-3000:]
-    (results.parent / f"{label.replace('@', '_')}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
     row = {"stage": label, "ok": proc.returncode == 0, "seconds": round(seconds, 1),
-           "peak_vram_gib": round(watch.vram, 2), "peak_rss_gib": round(max(rss, before) / 2**20, 2),
+           "peak_vram_gib": round(watch.vram, 2), "peak_rss_gib": round(watch.rss / 2**30, 2),
            "disk_gib": round(watch.disk / 2**30, 2), **(extra(work) if extra else {})}
     if proc.returncode != 0:
-        row["error_tail"] = tail[-1500:]
+        row["error_tail"] = log_file.read_text(encoding="utf-8", errors="replace")[-1500:]
     record(results, row)
     return proc.returncode == 0
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from rouge_score import rouge_scorer
 
 # Hangul Jamo, compatibility Jamo, Jamo extended A/B, and the precomposed syllables.
 _HANGUL_RANGES = ((0x1100, 0x11FF), (0x3130, 0x318F), (0xA960, 0xA97F), (0xD7B0, 0xD7FF), (0xAC00, 0xD7A3))
@@ -68,6 +67,8 @@ class RougeL:
     """ROUGE-L F1 of a prediction against a reference, Korean-aware (see the module docstring)."""
 
     def __init__(self) -> None:
+        from rouge_score import rouge_scorer  # only when ROUGE is on (evaluate.rouge): it pulls in nltk
+
         self._scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False, tokenizer=_MixedTokenizer())
 
     def f1(self, reference: str, prediction: str) -> float:
