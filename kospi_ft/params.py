@@ -33,6 +33,7 @@ class Paths(Section):
 
     market_dir: Path
     krx_source_dir: Path
+    market_ingest: Path
     snapshots_dir: Path
     regimes_metric: Path
     regime_plot: Path
