@@ -47,6 +47,7 @@ def test_simulate_then_snapshots(workdir):
     assert r.returncode == 0, r.stderr
     metric = json.loads((workdir / "metrics/regimes.json").read_text())
     assert metric["regime_days"]["total"] == sum(v for k, v in metric["regime_days"].items() if k != "total")
+    assert metric["history_days"] == 0  # the simulated tree starts on start_date
     lines = (workdir / "metrics/regime_timeline.csv").read_text().splitlines()
     assert lines[0] == "date,kospi_index,market_return,breadth,regime" and len(lines) - 1 == metric["regime_days"]["total"]
     assert pq.read_table(workdir / "data/snapshots/market.parquet").num_rows > 0

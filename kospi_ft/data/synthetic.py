@@ -43,7 +43,7 @@ from ..strategy import (
 from .quotas import allocate
 from .regime import Regime, classify
 from .scenarios import FX_SENSITIVITY, SHOCKS, US_EVENTS, Shock, UsEvent
-from .snapshot import SMA_LONG, MarketSnapshotStore, Snapshot
+from .snapshot import MarketSnapshotStore, Snapshot
 from .templates import (
     CONTEXT_STYLES, FORMAT_SHARES, AccountContext, MarketView, StockRow, render_context, render_market,
     templates_for,
@@ -324,21 +324,25 @@ def real_view(snap: Snapshot, pick: StockPick, rng: Draws) -> MarketView:
 
 
 class RealDays:
-    """The store's days usable for one split: regime known, past the SMA-60 warm-up, enough stocks on screen,
-    and indicators whose 4-decimal rounding still classifies to the store's regime."""
+    """The store's days usable for one split: regime known, enough stocks with every feature defined on screen,
+    and indicators whose 4-decimal rounding still classifies to the store's regime.
+
+    Days of a regime are drawn without replacement: each pass over a regime's days is a fresh shuffle, so a day
+    repeats only once every usable day of its regime has been used (the spec's window has ~24 BEAR days for
+    ~700 BEAR records). `dataset_stats` reports how often days repeat.
+    """
 
     MIN_STOCKS = 12
 
     def __init__(self, store: MarketSnapshotStore, split: str):
         self.store = store
-        dates = store.dates[SMA_LONG - 1:]
         self.by_regime: dict[Regime, list[dt.date]] = {}
-        allowed = {d for d in dates if date_split(d) == split}
         for regime in REGIME_ORDER:
-            days = [d for d in store.regime_days(regime) if d in allowed]
+            days = [d for d in store.regime_days(regime) if date_split(d) == split]
             if days:
                 self.by_regime[regime] = days
         self._cache: dict[dt.date, Snapshot | None] = {}
+        self._queues: dict[Regime, list[dt.date]] = {}
 
     @property
     def regimes(self) -> list[Regime]:
@@ -354,13 +358,19 @@ class RealDays:
         return self._cache[day]
 
     def draw(self, regime: Regime, rng: Draws) -> Snapshot:
-        days = self.by_regime[regime]
-        for _ in range(64):
-            snap = self._usable(days[(rng.integers(len(days)))])
+        while True:
+            queue = self._queues.get(regime)
+            if not queue:
+                # A new pass: the regime's days not yet found unusable, in a fresh order.
+                days = [d for d in self.by_regime[regime] if self._cache.get(d, True) is not None]
+                if not days:
+                    raise PipelineError(
+                        f"snapshots: no usable {regime.value} day (fewer than {self.MIN_STOCKS} stocks with every "
+                        "feature and PER/PBR in range, or every day sits on a classification threshold)")
+                queue = self._queues[regime] = [days[i] for i in rng.sample(len(days), len(days))]
+            snap = self._usable(queue.pop())
             if snap is not None:
                 return snap
-        raise PipelineError(f"snapshots: no usable {regime.value} day found (too few stocks with PER/PBR in range, "
-                            "or every day sits on a classification threshold)")
 
 
 # ---- account context ---------------------------------------------------------------------------------------
@@ -907,15 +917,33 @@ def _percentiles(lengths: Sequence[int]) -> dict[str, int]:
 TOKEN_STATS_ROWS = 400
 
 
+def real_day_use(records: Sequence[dict]) -> dict[str, Any]:
+    """How often real snapshot days repeat, per regime: records, distinct days, records that reuse a day already
+    used, and the most records any one day serves."""
+    uses: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for r in records:
+        if r["meta"]["source"] == "real":
+            uses[r["meta"]["regime"]][r["meta"]["date"]] += 1
+
+    def summary(counter: collections.Counter) -> dict[str, int]:
+        n = sum(counter.values())
+        return {"records": n, "days": len(counter), "repeats": n - len(counter),
+                "max_per_day": max(counter.values(), default=0)}
+
+    total = sum(uses.values(), collections.Counter())
+    return {**summary(total), "by_regime": {g: summary(uses[g]) for g in sorted(uses)}}
+
+
 def dataset_stats(splits: Mapping[str, Sequence[dict]], tokenizer=None) -> dict[str, Any]:
-    """Counts per task/format/source/regime per split and, with a tokenizer, chat-template token lengths of
-    rows and answers over the first TOKEN_STATS_ROWS rows (what training's max_seq_length must hold)."""
+    """Counts per task/format/source/regime per split, real-day reuse and, with a tokenizer, chat-template token
+    lengths of rows and answers over the first TOKEN_STATS_ROWS rows (what training's max_seq_length must hold)."""
     out: dict[str, Any] = {}
     for name, recs in splits.items():
         out[name] = {"records": len(recs), "tasks": _counts(r["task"] for r in recs),
                      "formats": _counts(r["meta"]["format"] for r in recs),
                      "sources": _counts(r["meta"]["source"] for r in recs),
-                     "regimes": _counts(r["meta"]["regime"] for r in recs)}
+                     "regimes": _counts(r["meta"]["regime"] for r in recs),
+                     "real_days": real_day_use(recs)}
         if tokenizer is not None:
             sample = recs[:TOKEN_STATS_ROWS]
             rows = [len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=False))
