@@ -3,7 +3,7 @@
     python -m stages.sft --stage stage1 [--epochs N --lr X --batch-size N --max-seq-length N --lora-rank N]
     python -m stages.sft --stage stage2 [... --skip-stage1] [--resume]
 
-Flags override params.yaml `stage1` / `stage2`. Stage 1 trains on paths.stage1_data, Stage 2 on paths.synthetic,
+Flags override params.yaml `stage1` / `stage2`. Stage 1 trains on paths.stage1_data, Stage 2 on paths.stage2_data,
 continuing the Stage 1 adapter (or the base with --skip-stage1). Writes models/<stage> (adapter + tokenizer +
 resolved_config.json), metrics/train/<stage>.json and dvclive curves in metrics/train/<stage>/.
 """
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     backend = backends.prepare_backend(model.backend, allow_cpu=model.allow_cpu, strict=presets.is_real(raw))
     metrics = train_sft(cfg, stage=args.stage, model_name=model.name, backend=backend,
                         load_in_4bit=model.load_in_4bit,
-                        data_path=paths.stage1_data if args.stage == "stage1" else paths.synthetic,
+                        data_path=paths.stage1_data if args.stage == "stage1" else paths.stage2_data,
                         init_adapter=init_adapter, paths=run_paths(paths, args.stage))
     log.info("%s done: %s", args.stage, metrics)
 

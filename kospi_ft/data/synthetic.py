@@ -264,11 +264,17 @@ def _synthetic_stock(stock: Stock, regime: Regime, rng: Draws) -> StockRow:
         vol20=round(0.15 + 0.45 * u_vol, 3), per=round(per, 2), pbr=round(pbr, 2), **_fundamentals(rng))
 
 
-def _real_stock(s, rng: Draws) -> StockRow:
+def real_stock_row(s, fundamentals: Mapping[str, Any] | None = None) -> StockRow:
+    """A snapshot stock as the prompt shows it; `fundamentals` (EV/EBITDA, ROE, F-Score) None: not shown."""
     return StockRow(
         ticker=s.ticker, name=by_code(s.ticker).name_ko, sector=s.sector, close=float(round(s.close)),
         daily_return=round(s.daily_return, 4), sma20=float(round(s.sma20)), sma60=float(round(s.sma60)),
-        vol20=round(s.vol20, 3), per=round(s.per, 2), pbr=round(s.pbr, 2), **_fundamentals(rng))
+        vol20=round(s.vol20, 3), per=round(s.per, 2), pbr=round(s.pbr, 2),
+        **(fundamentals or dict.fromkeys(("ev_ebitda", "roe", "f_score"))))
+
+
+def _real_stock(s, rng: Draws) -> StockRow:
+    return real_stock_row(s, _fundamentals(rng))
 
 
 @dataclass(frozen=True)
@@ -314,13 +320,21 @@ def synthetic_view(regime: Regime, day: dt.date, pick: StockPick, rng: Draws) ->
                       **_regime_extras(regime, rng))
 
 
-def real_view(snap: Snapshot, pick: StockPick, rng: Draws) -> MarketView:
-    stocks = tuple(_real_stock(s, rng) for s in _pick_snapshot(snap, pick, rng))
+def snapshot_view(snap: Snapshot, stocks: tuple[StockRow, ...], extras: Mapping[str, Any] | None = None
+                  ) -> MarketView:
+    """A snapshot day as the prompt shows it: the tape's indicators at 4 decimals and `stocks`. `extras` (flows,
+    sentiment, USD/KRW, VIX; the KRX tape has none) None: left out of the block."""
+    none = dict.fromkeys(("sentiment", "foreign_net", "institution_net", "usdkrw", "usdkrw_change", "vix"))
     return MarketView(
         date=snap.date.isoformat(), regime=snap.regime.value, source="real",
         market_return=round(snap.market_return, 4), breadth=round(snap.breadth, 4),
         momentum_10d=round(snap.momentum_10d, 4), vol_10d=round(snap.vol_10d, 4),
-        index_level=round(snap.index_level, 2), stocks=stocks, **_regime_extras(snap.regime, rng))
+        index_level=round(snap.index_level, 2), stocks=stocks, **(none if extras is None else extras))
+
+
+def real_view(snap: Snapshot, pick: StockPick, rng: Draws) -> MarketView:
+    stocks = tuple(_real_stock(s, rng) for s in _pick_snapshot(snap, pick, rng))
+    return snapshot_view(snap, stocks, _regime_extras(snap.regime, rng))
 
 
 class RealDays:
@@ -837,6 +851,19 @@ def answer_json(answer: Mapping[str, Any]) -> str:
     return json.dumps(answer, ensure_ascii=False, separators=(",", ":"))
 
 
+def user_turn(parts: Sequence[str]) -> str:
+    """The user turn: the prompt's blocks (context, market data, task block, question), blank-line separated."""
+    return "\n\n".join(p for p in parts if p)
+
+
+def chat_record(user: str, answer: Mapping[str, Any], task: TaskType, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A Stage 2 SFT record: the quant system prompt, the user turn, the answer as compact JSON, task and meta."""
+    return {"messages": [{"role": "system", "content": QUANT_SYSTEM_PROMPT},
+                         {"role": "user", "content": user},
+                         {"role": "assistant", "content": answer_json(answer)}],
+            "task": TaskType(task).value, "meta": dict(meta)}
+
+
 def check_answer(task: TaskType, answer: Mapping[str, Any]) -> None:
     """Raise if a generated answer is not schema-valid, rule-consistent and of full quality (a generator bug)."""
     model = RESPONSE_MODELS[task].model_validate(answer)
@@ -885,17 +912,11 @@ def generate(count: int, *, seed: int, split: str = "train", start_date: dt.date
         options = templates_for(task)
         template_id, question = options[(rng.integers(len(options)))]
         style = (rng.integers(CONTEXT_STYLES))
-        parts = [render_context(ctx, style), render_market(view, fmt), built.extra,
-                 question.replace("{date}", view.date)]
-        user = "\n\n".join(p for p in parts if p)
-        records.append({
-            "messages": [{"role": "system", "content": QUANT_SYSTEM_PROMPT},
-                         {"role": "user", "content": user},
-                         {"role": "assistant", "content": answer_json(built.answer)}],
-            "task": task.value,
-            "meta": {"date": view.date, "regime": view.regime, "source": view.source, "format": fmt,
-                     "template": template_id, "split": split, **built.meta},
-        })
+        user = user_turn([render_context(ctx, style), render_market(view, fmt), built.extra,
+                          question.replace("{date}", view.date)])
+        records.append(chat_record(user, built.answer, task, {
+            "date": view.date, "regime": view.regime, "source": view.source, "format": fmt,
+            "template": template_id, "split": split, **built.meta}))
     return records
 
 
