@@ -205,3 +205,12 @@ def test_shipped_example_tree_ingests():
     assert m["files"] == 3 and m["rows_dropped"]["missing_close"] > 0 and m["halts_fixed"] > 0
     assert m["tickers_normalised"]["suffix"] == table.num_rows and m["columns_left_null"]["name"] > 0
     assert json.loads(json.dumps(m)) == m  # plain JSON: what the market stage writes to metrics/
+
+
+def test_integer_krw_amounts_stay_exact_beyond_float_precision(tmp_path, bars):
+    root = _tree(tmp_path, bars, "pykrx")
+    big = 2**53 + 1  # 9,007,199,254,740,993 won: no float64 holds it
+    _rewrite(root, 1, lambda t: t.set_column(t.schema.get_field_index("시가총액"), "시가총액",
+                                             pa.array([big] * t.num_rows, pa.int64())))
+    table, _ = ingest.load_tree(root, START, END)
+    assert table["market_cap"][0].as_py() == big

@@ -194,13 +194,24 @@ def _numbers(table: pa.Table, col: str, file: Path) -> np.ndarray:
         arr = arr.cast(arr.type.value_type)
     if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_null(arr.type)):
         raise DataValidationError(f"{file}: column {col!r} has type {arr.type}, expected a number")
-    return pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False)
+    # Unchecked: an integer beyond 2**53 (a KRW amount) becomes the nearest float, which is what arithmetic wants.
+    return pc.cast(arr, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
 
 
 def _whole_krw(x: np.ndarray) -> pa.Array:
     """Float KRW amounts rounded to whole won, NaN as null (the contract's int64)."""
     nan = ~np.isfinite(x)
     return pa.array(np.round(np.where(nan, 0.0, x)).astype(np.int64), mask=nan if nan.any() else None)
+
+
+def _amount(table: pa.Table, col: str, file: Path) -> pa.Array:
+    """A KRW amount column as int64: integers as they are (exact beyond 2**53), floats rounded to whole won."""
+    arr = table[col].combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.cast(arr.type.value_type)
+    if pa.types.is_integer(arr.type):
+        return arr.cast(pa.int64())
+    return _whole_krw(_numbers(table, col, file))
 
 
 def normalise_file(file: Path, year: int, month: int) -> tuple[pa.Table, IngestReport]:
@@ -237,13 +248,13 @@ def normalise_file(file: Path, year: int, month: int) -> tuple[pa.Table, IngestR
         report.derived["name"] = n - cols["name"].null_count
         report.left_null["name"] = cols["name"].null_count
     if "value" in raw.column_names:
-        cols["value"] = _whole_krw(_numbers(raw, "value", file))
+        cols["value"] = _amount(raw, "value", file)
     else:
         cols["value"] = _whole_krw(close * volume)
         report.derived["value"] = n
     shares = _numbers(raw, "shares", file) if "shares" in raw.column_names else None
     if "market_cap" in raw.column_names:
-        cols["market_cap"] = _whole_krw(_numbers(raw, "market_cap", file))
+        cols["market_cap"] = _amount(raw, "market_cap", file)
     else:
         cols["market_cap"] = _whole_krw(close * shares)
         report.derived["market_cap"] = n

@@ -235,10 +235,11 @@ class MarketSnapshotStore:
         """Load validated bars for the range plus up to HISTORY_DAYS before it (partition-pruned) and compute
         features and regimes; the tables hold [start_date, end_date]."""
         table = mkt.load_range(root, start_date - dt.timedelta(days=HISTORY_DAYS), end_date, progress=progress)
-        days = mkt.day_numbers(table)
-        history = len(np.unique(days[days < np.datetime64(start_date, "D").astype(np.int64)]))
-        if history == len(np.unique(days)):
+        days = mkt.day_numbers(table)  # sorted: load_range orders rows by (date, ticker)
+        before = days[:np.searchsorted(days, np.datetime64(start_date, "D").astype(np.int64))]
+        if len(before) == len(days):
             raise DataValidationError(f"{root}: no rows between {start_date} and {end_date} (column 'date')")
+        history = int(np.count_nonzero(np.diff(before))) + 1 if len(before) else 0
         stocks, market = compute_features(table, start_date)
         return cls(market, stocks, history_days=history)
 
