@@ -142,8 +142,8 @@ def main() -> None:
           f"peak RSS {store['peak_rss_gib']:.2f} GiB, {store['rows']:,} rows, {store['days']:,} days")
     print(f"seed vs contract pipeline: {seed_run['seconds'] / base_run['seconds']:.2f}x time, "
           f"{seed_run['peak_rss_gib'] / base_run['peak_rss_gib']:.2f}x memory; vs the store alone: "
-          f"{seed_run['seconds'] / store['seconds']:.2f}x time, {seed_run['peak_rss_gib'] / store['peak_rss_gib']:.2f}x "
-          f"memory")
+          f"{seed_run['seconds'] / store['seconds']:.2f}x time, "
+          f"{seed_run['peak_rss_gib'] / store['peak_rss_gib']:.2f}x memory")
     if args.pandas:
         pd_run = _child("pandas", str(contract), *span)
         print(f"pandas groupby/rolling store: {pd_run['seconds']:.2f} s, peak RSS {pd_run['peak_rss_gib']:.2f} GiB "

@@ -69,7 +69,8 @@ def test_each_vendor_tree_becomes_the_contract(tmp_path, bars, vendor):
         assert table["shares"].equals(bars["shares"])  # market_cap / close, rounded
         assert table["per"].equals(bars["per"])
     elif vendor == "pykrx":
-        assert all(v == 2 for v in m["aliases_applied_files"].values() if v) and m["aliases_applied_files"]["close"] == 2
+        aliases = m["aliases_applied_files"]
+        assert aliases["close"] == 2 and all(v == 2 for v in aliases.values() if v)
         assert table["value"].equals(bars["value"]) and table["shares"].equals(bars["shares"])
         per = bars["per"].to_numpy()
         assert np.array_equal(table["per"].to_numpy(), np.where(np.isnan(per), 0.0, per.astype(np.float32)))

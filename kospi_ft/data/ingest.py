@@ -156,9 +156,10 @@ def normalise_tickers(arr: pa.ChunkedArray, file: Path, report: IngestReport) ->
     arr = arr.combine_chunks()
     if pa.types.is_floating(arr.type):
         values = arr.to_numpy(zero_copy_only=False)
-        if (np.mod(values[np.isfinite(values)], 1) != 0).any():
+        finite = np.isfinite(values)
+        if (np.mod(values[finite], 1) != 0).any():
             raise DataValidationError(f"{file}: column 'ticker' holds fractional numbers, not KRX codes")
-        arr = pc.cast(arr, pa.int64())
+        arr = pa.array(np.where(finite, values, 0), mask=~finite).cast(pa.int64())  # NaN: null (an error later)
     if pa.types.is_integer(arr.type):
         if pc.any(pc.or_(pc.less(arr, 0), pc.greater(arr, 999_999))).as_py():
             raise DataValidationError(f"{file}: column 'ticker' holds numbers outside 0..999999, not KRX codes")

@@ -21,13 +21,13 @@ and counted. Strategy-rule violations and quality issues of valid decisions are 
 decisions are yours.
 
 Rendering is the synthetic generator's (`synthetic.user_turn`, `synthetic.chat_record`): the quant system prompt;
-a user turn of the date line (unless your context names the date), your context, the snapshot's market block (`templates.render_market`, with the
-tape's indicators and the decision's stocks on that day; flows, sentiment, FX, VIX and fundamentals are not on
-the KRX tape and are left out) and the question; the decision as the assistant's compact JSON. The reasoning text
-is not a turn of its own: the system prompt's output contract is one JSON object, and a reasoning turn before
-it would teach the model to break that contract. Write what the model should learn to say into the decision's
-summary and rationale fields; the reasoning text stays in the record's meta, and is what evaluation scores
-ROUGE-L against (the spec: "ROUGE score: reasoning log 대비 오버랩").
+a user turn of the date line (unless your context names the date), your context, the snapshot's market block
+(`templates.render_market`, with the tape's indicators and the decision's stocks on that day; flows, sentiment,
+FX, VIX and fundamentals are not on the KRX tape and are left out) and the question; the decision as the
+assistant's compact JSON. The reasoning text is not a turn of its own: the system prompt's output contract is
+one JSON object, and a reasoning turn before it would teach the model to break that contract. Write what the
+model should learn to say into the decision's summary and rationale fields; the reasoning text stays in the
+record's meta, and is what evaluation scores ROUGE-L against (the spec: "ROUGE score: reasoning log 대비 오버랩").
 
 Split: a line's date belongs to the eval split for one date in ten (`synthetic.date_split`, as for synthetic
 records). Eval-date lines go to the logs eval set, never into training; the others are mixed into Stage 2 at
