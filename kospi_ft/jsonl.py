@@ -4,17 +4,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import DataValidationError, PipelineError
 
 
-def read_jsonl(path: str | os.PathLike, *, what: str, hint: str,
-               missing: type[PipelineError] = PipelineError) -> list[tuple[int, Any]]:
+def read_jsonl(path: str | os.PathLike, *, what: str, hint: str, missing: type[PipelineError] = PipelineError,
+               on_bad_line: Callable[[int, str], None] | None = None) -> list[tuple[int, Any]]:
     """(line number, value) for every non-blank line, so callers can name the line at fault.
 
     A missing file raises `missing` naming `what` and `hint` (which stage writes it); a line that is not JSON or a
-    file without records raises DataValidationError naming the file (and line).
+    file without records raises DataValidationError naming the file (and line). With `on_bad_line`, a line that is
+    not JSON is passed to it as (line number, message) and skipped instead.
     """
     path = Path(path)
     if not path.is_file():
@@ -27,7 +28,10 @@ def read_jsonl(path: str | os.PathLike, *, what: str, hint: str,
             try:
                 records.append((n, json.loads(line)))
             except json.JSONDecodeError as err:
-                raise DataValidationError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+                message = f"{path}:{n}: not valid JSON ({err.msg})"
+                if on_bad_line is None:
+                    raise DataValidationError(message) from None
+                on_bad_line(n, message)
     if not records:
         raise DataValidationError(f"{path}: {what} is empty")
     return records

@@ -33,6 +33,7 @@ class Paths(Section):
 
     market_dir: Path
     krx_source_dir: Path
+    market_ingest: Path
     snapshots_dir: Path
     regimes_metric: Path
     regime_plot: Path
@@ -42,6 +43,10 @@ class Paths(Section):
     synthetic: Path
     eval_set: Path
     synthetic_stats: Path
+    logs_dir: Path
+    stage2_data: Path
+    logs_eval: Path
+    stage2_data_stats: Path
     dpo_pairs: Path
     models_dir: Path
     metrics_dir: Path

@@ -34,6 +34,7 @@ def section_models() -> dict[str, type[BaseModel]]:
     from .data.dpo_pairs import DpoPairsParams
     from .data.hfdata import Stage1DataParams
     from .data.market import MarketParams
+    from .data.reasoning_logs import Stage2DataParams
     from .data.snapshot import SnapshotParams
     from .data.synthetic import SynthesizeParams
     from .evaluation.config import EvaluateParams
@@ -42,9 +43,9 @@ def section_models() -> dict[str, type[BaseModel]]:
     from .training.sft import SFTParams, Stage2Params
 
     return {"paths": params.Paths, "market": MarketParams, "snapshots": SnapshotParams,
-            "synthesize": SynthesizeParams, "dpo_pairs": DpoPairsParams, "stage1_data": Stage1DataParams,
-            "model": ModelParams, "stage1": SFTParams, "stage2": Stage2Params, "dpo": DPOParams,
-            "export": ExportParams, "evaluate": EvaluateParams}
+            "synthesize": SynthesizeParams, "stage2_data": Stage2DataParams, "dpo_pairs": DpoPairsParams,
+            "stage1_data": Stage1DataParams, "model": ModelParams, "stage1": SFTParams, "stage2": Stage2Params,
+            "dpo": DPOParams, "export": ExportParams, "evaluate": EvaluateParams}
 
 
 def _leaves(tree: Mapping, prefix: str = "") -> dict[str, Any]:

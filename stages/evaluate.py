@@ -5,10 +5,13 @@ rationale, strategy consistency, latency, tokens/s and ROUGE-L go into one metri
     python -m stages.evaluate                               # the spec's form: evaluate.base_model vs ft_model
     python -m stages.evaluate --base-model stage2 --ft-model stage3 --n-samples 50 --output eval_results.json
     python -m stages.evaluate --backend ollama --base-model qwen2.5:32b --ft-model qwen2.5-kospi-ft-s2
+    python -m stages.evaluate --name stage3 --eval-set data/stage2/logs_eval.jsonl --output metrics/logs_eval.json
 
 --name writes the per-model file dvc tracks (numbers only, identical keys for every model). Without --name, the
 two models of --base-model/--ft-model are evaluated and written together with their deltas (ft - base) to
---output (default paths.eval_results). Names resolve per backend (see kospi_ft.evaluation.config).
+--output (default paths.eval_results). Names resolve per backend (see kospi_ft.evaluation.config). --eval-set scores
+another file of the eval-set format, e.g. your held-out reasoning logs (paths.logs_eval), whose ROUGE-L is against
+each line's reasoning text.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gpu-layers", type=int, help="llama.cpp layers on the GPU, -1 = all (evaluate.gpu_layers)")
     p.add_argument("--threads", type=int, help="llama.cpp threads, 0 = all cores (evaluate.threads)")
     p.add_argument("--rouge", action=argparse.BooleanOptionalAction, default=None, help="evaluate.rouge")
+    p.add_argument("--eval-set", type=Path, help="records to answer (default: paths.eval_set); e.g. paths.logs_eval")
     p.add_argument("--predictions", type=Path, help="also write every reply and its findings to this JSONL")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     params.add_params_flag(p)
@@ -79,9 +83,13 @@ def main(argv: list[str] | None = None) -> None:
     locator = ModelLocator.from_params(raw)
     if args.name and (args.base_model or args.ft_model):
         raise ParamsError("--name evaluates one model; it cannot be combined with --base-model/--ft-model")
-    records = select(load_eval_set(paths.eval_set), cfg.n_samples)
+    if args.name and args.eval_set and not args.output:
+        raise ParamsError(f"--eval-set with --name needs --output: {paths.eval_dir}/{args.name}.json is the DVC "
+                          f"stage's metrics file for the eval set")
+    eval_set = args.eval_set or paths.eval_set
+    records = select(load_eval_set(eval_set), cfg.n_samples)
     progress = not args.no_progress
-    logger.info("%d eval records from %s, backend %s", len(records), paths.eval_set, cfg.backend)
+    logger.info("%d eval records from %s, backend %s", len(records), eval_set, cfg.backend)
 
     if args.name:
         result = _run_one(cfg, locator, args.name, records, progress)

@@ -6,7 +6,7 @@
 A rerun after an interruption resumes from the newest complete checkpoint of the same run
 (checkpoints/<stage>); --restart starts over (the old checkpoints are moved aside, not deleted).
 
-Flags override params.yaml `stage1` / `stage2`. Stage 1 trains on paths.stage1_data, Stage 2 on paths.synthetic,
+Flags override params.yaml `stage1` / `stage2`. Stage 1 trains on paths.stage1_data, Stage 2 on paths.stage2_data,
 continuing the Stage 1 adapter (or the base with --skip-stage1). Writes models/<stage> (adapter + tokenizer +
 resolved_config.json), metrics/train/<stage>.json and dvclive curves in metrics/train/<stage>/.
 """
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     base = resolve_base(model, paths.models_dir)
     metrics = train_sft(cfg, stage=args.stage, model_name=base.name, revision=base.revision, backend=backend,
                         load_in_4bit=model.load_in_4bit,
-                        data_path=paths.stage1_data if args.stage == "stage1" else paths.synthetic,
+                        data_path=paths.stage1_data if args.stage == "stage1" else paths.stage2_data,
                         init_adapter=init_adapter, paths=run_paths(paths, args.stage), restart=args.restart)
     log.info("%s done: %s", args.stage, metrics)
 

@@ -1,7 +1,8 @@
 """Stage `snapshots`: per-stock features, market indicators and daily regimes from paths.market_dir.
 
-Writes paths.snapshots_dir (market.parquet, stocks.parquet), the regime day counts (paths.regimes_metric) and
-the regime timeline plot data (paths.regime_plot).
+Writes paths.snapshots_dir (market.parquet, stocks.parquet) for [start_date, end_date], the regime day counts
+(paths.regimes_metric) and the regime timeline plot data (paths.regime_plot). The rolling features of the first
+days use the market tree's history before start_date when it has it (market.start earlier than start_date).
 
     python -m stages.snapshots --start-date 2020-01-01 --end-date 2025-12-31
 """
@@ -47,8 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     counts = store.regime_counts()
     with atomic.atomic_path(args.output or paths.snapshots_dir, is_dir=True) as tmp:
         store.save(tmp)
+    # history_days: trading days before start_date that filled the rolling windows (0: the tree starts there).
     atomic.write_json(paths.regimes_metric, {"regime_days": counts, "first_day": store.dates[0].isoformat(),
-                                             "last_day": store.dates[-1].isoformat()})
+                                             "last_day": store.dates[-1].isoformat(),
+                                             "history_days": store.history_days})
     atomic.write_text(paths.regime_plot, timeline_csv(store))
     log.info("regime days: %s", counts)
 

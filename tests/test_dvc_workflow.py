@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 
 # Every stage of the graph, as `dvc repro` names them.
 ALL_STAGES = {
-    "market", "snapshots", "synthesize", "dpo_pairs", "stage1_data", "base_model", "stage1", "stage2", "stage3",
+    "market", "snapshots", "synthesize", "stage2_data", "dpo_pairs", "stage1_data", "base_model", "stage1", "stage2",
+    "stage3",
     "export@base", "export@stage2", "export@stage3", "evaluate@base", "evaluate@stage2", "evaluate@stage3",
     "compare",
 }

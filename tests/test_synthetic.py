@@ -17,7 +17,8 @@ from kospi_ft.schema import TaskType, quality_issues, schema_errors
 from kospi_ft.data.snapshot import MarketSnapshotStore
 from kospi_ft.strategy import rule_violations
 from kospi_ft.data.synthetic import (
-    FORMAT_SHARES, TASK_SHARES, Draws, _synthetic_indicators, allocate, date_split, generate, round_half_up,
+    FORMAT_SHARES, TASK_SHARES, Draws, _synthetic_indicators, allocate, dataset_stats, date_split, generate,
+    round_half_up,
 )
 from kospi_ft.data.templates import SHARED_TEMPLATES, TASK_TEMPLATES, templates_for
 from kospi_ft.data.universe import SECTORS, UNIVERSE
@@ -124,6 +125,26 @@ def test_generated_counts_are_exact():
 def test_real_data_ratio_is_exact(real_train):
     n_real = sum(r["meta"]["source"] == "real" for r in real_train)
     assert n_real == round_half_up(240 * 0.7) == 168
+
+
+def test_real_days_are_drawn_without_replacement_and_repeats_are_reported(store, real_train):
+    """168 real records over ~21 train days per regime: every day serves once before any serves twice."""
+    uses = collections.defaultdict(collections.Counter)
+    for r in real_train:
+        if r["meta"]["source"] == "real":
+            uses[r["meta"]["regime"]][r["meta"]["date"]] += 1
+    for regime, counter in uses.items():
+        days = [d.isoformat() for d in store.regime_days(Regime(regime)) if date_split(d) == "train"]
+        per_day = [counter.get(d, 0) for d in days]
+        assert max(per_day) - min(per_day) <= 1, (regime, sorted(per_day))  # passes over all days, in turn
+    stats = dataset_stats({"train": real_train})["train"]["real_days"]
+    assert stats["records"] == 168 and stats["days"] == sum(len(c) for c in uses.values())
+    assert stats["repeats"] == 168 - stats["days"] > 0
+    assert stats["max_per_day"] == max(max(c.values()) for c in uses.values())
+    assert {g: v["records"] for g, v in stats["by_regime"].items()} == {g: sum(c.values()) for g, c in uses.items()}
+    few = generate(40, seed=11, split="train", start_date=dt.date(2021, 1, 1), end_date=dt.date(2021, 12, 31),
+                   store=store, real_data_ratio=1.0)
+    assert dataset_stats({"train": few})["train"]["real_days"]["repeats"] == 0  # fewer records than days
 
 
 # ---- templates and scenarios ------------------------------------------------------------------------------

@@ -1,6 +1,9 @@
 """KRX daily bars: the column contract, the partitioned parquet layout, validation and range loading.
 
-Layout (the spec's): `<root>/year=YYYY/month=M/data.parquet`, one file per month, month not zero-padded.
+Layout (the spec's): `<root>/year=YYYY/month=M/data.parquet`, one file per month, month not zero-padded (a
+month may hold several `*.parquet` files; other files, e.g. `.DS_Store` or Windows `:Zone.Identifier` streams,
+are ignored). A `month=` folder outside 1..12 is an error wherever it is, and so is a parquet file outside the
+layout.
 
 Columns (one row per trading day and ticker):
 
@@ -8,7 +11,7 @@ Columns (one row per trading day and ticker):
 |------------|---------|--------------------------------------------------------------------|
 | date       | date32  | trading day (KST)                                                  |
 | ticker     | string  | 6-digit KRX code, leading zeros kept                               |
-| name       | string  | Korean company name                                                |
+| name       | string  | Korean company name (null allowed: only universe stocks are used)  |
 | open       | float64 | open price, KRW (> 0; a halted day repeats the previous close)     |
 | high       | float64 | high price, KRW (>= open, close, low)                              |
 | low        | float64 | low price, KRW (> 0)                                               |
@@ -16,26 +19,29 @@ Columns (one row per trading day and ticker):
 | volume     | int64   | shares traded (0 on a trading halt)                                |
 | value      | int64   | trading value, KRW                                                 |
 | market_cap | int64   | close x shares, KRW                                                |
-| shares     | int64   | listed shares                                                      |
+| shares     | int64   | listed shares (null allowed: nothing downstream reads it)          |
 | per        | float64 | price / trailing EPS; NaN or negative for loss-making firms        |
 | pbr        | float64 | price / book value per share; NaN when book value is unknown       |
 
 Integer columns may arrive as any integer type and prices as any numeric type (KRX prices are integers);
 they are cast to the types above on load. Anything else is a `DataValidationError` naming file and column.
+This is the contract of the normalised tree (`paths.market_dir`); a user's tree in another vendor's format is
+brought to it by `kospi_ft.data.ingest`.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import datetime as dt
 import difflib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Callable, Iterable, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import field_validator, model_validator
 
@@ -59,8 +65,11 @@ SCHEMA = pa.schema([
 ])
 COLUMNS = tuple(SCHEMA.names)
 PRICE_COLUMNS = ("open", "high", "low", "close")
-_PARTITIONING = ds.partitioning(pa.schema([("year", pa.int32()), ("month", pa.int32())]), flavor="hive")
-_PART_RE = re.compile(r"^year=(\d{4})/month=(\d{1,2})/[^/]+\.parquet$")
+#: Columns that may hold nulls (see the table above); every other column must be complete.
+NULLABLE = frozenset({"name", "shares", "per", "pbr"})
+_YEAR_DIR = re.compile(r"^year=(\d{4})$")
+_MONTH_DIR = re.compile(r"^month=(\d+)$")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -110,7 +119,8 @@ def check_schema(schema: pa.Schema, file: Path) -> None:
             raise DataValidationError(f"{file}: column {col!r} has type {typ}, expected {SCHEMA.field(col).type}")
 
 
-def _cast(table: pa.Table, file: Path) -> pa.Table:
+def cast(table: pa.Table, file: Path) -> pa.Table:
+    """The contract's columns of `table` in SCHEMA order and types; whole-number checks for integer columns."""
     cols = []
     for field in SCHEMA:
         arr = table.column(field.name)
@@ -120,8 +130,11 @@ def _cast(table: pa.Table, file: Path) -> pa.Table:
             arr = pc.cast(arr, pa.date32())
         if pa.types.is_integer(field.type) and pa.types.is_floating(arr.type):
             values = arr.to_numpy(zero_copy_only=False)
-            if np.isnan(values).any() or (np.mod(values, 1) != 0).any():
+            nan = np.isnan(values)
+            if (nan.any() and field.name not in NULLABLE) or (np.mod(values[~nan], 1) != 0).any():
                 raise DataValidationError(f"{file}: column {field.name!r} must hold whole numbers without NaN")
+            if nan.any():  # NaN -> null, which the integer cast keeps
+                arr = pa.array(values, mask=nan)
         try:
             cols.append(arr.cast(field.type))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
@@ -148,7 +161,7 @@ def check_rows(table: pa.Table, file: Path, year: int | None, month: int | None)
     """Row-level contract: positive finite prices, sane OHLC, no duplicate keys, rows inside their partition."""
     if table.num_rows == 0:
         return
-    for col in ("date", "ticker", "name", "volume", "value", "market_cap", "shares"):
+    for col in (c for c in COLUMNS if c not in NULLABLE):
         nulls = table.column(col).null_count
         if nulls:
             raise DataValidationError(f"{file}: column {col!r} has {nulls} null value(s)")
@@ -167,7 +180,7 @@ def check_rows(table: pa.Table, file: Path, year: int | None, month: int | None)
     if bad.any():
         raise DataValidationError(f"{file}: columns 'high'/'low' do not bracket open/close: {_first_bad(table, bad)}")
     for col in ("volume", "value", "shares"):
-        bad = table[col].to_numpy() < 0
+        bad = table[col].fill_null(0).to_numpy() < 0
         if bad.any():
             raise DataValidationError(f"{file}: column {col!r} has negative values: {_first_bad(table, bad)}")
     days = day_numbers(table)
@@ -193,63 +206,100 @@ def sort_by_date_ticker(table: pa.Table) -> pa.Table:
     return table.take(pa.array(np.argsort(key, kind="stable")))
 
 
-def list_partitions(root: Path) -> list[tuple[int, int, Path]]:
-    """All `year=Y/month=M/*.parquet` files under root, sorted by (year, month, name)."""
+@dataclass(frozen=True)
+class Partition:
+    """One `year=Y/month=M` folder: its parquet files sorted by name (none: an empty month)."""
+
+    year: int
+    month: int
+    files: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class TreeListing:
+    root: Path
+    partitions: tuple[Partition, ...]    # sorted by (year, month)
+    ignored: tuple[Path, ...]            # files that are not parquet (OS metadata, notes), sorted
+
+    def within(self, start: dt.date, end: dt.date) -> list[Partition]:
+        lo, hi = (start.year, start.month), (end.year, end.month)
+        return [p for p in self.partitions if lo <= (p.year, p.month) <= hi]
+
+
+def list_tree(root: str | Path) -> TreeListing:
+    """Every `year=YYYY/month=M` folder under root with its `*.parquet` files; other files are listed as ignored.
+
+    A `month=` folder outside 1..12 is an error wherever it is (it would otherwise fall out of every date range
+    unnoticed), and so is a parquet file anywhere but directly in a `year=YYYY/month=M` folder.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataValidationError(f"{root}: market data directory not found")
-    out = []
-    for path in sorted(root.rglob("*.parquet")):
-        rel = path.relative_to(root).as_posix()
-        m = _PART_RE.match(rel)
-        if not m:
+    months: dict[tuple[int, int], list[Path]] = {}
+    ignored: list[Path] = []
+    for path in sorted(root.rglob("*")):
+        parts = path.relative_to(root).parts
+        for i, part in enumerate(parts):
+            m = _MONTH_DIR.match(part)
+            if m and not 1 <= int(m.group(1)) <= 12:
+                raise DataValidationError(f"{root.joinpath(*parts[:i + 1])}: {part} is not a month (1-12)")
+        in_layout = len(parts) >= 2 and _YEAR_DIR.match(parts[0]) and _MONTH_DIR.match(parts[1])
+        if path.is_dir():
+            if in_layout and len(parts) == 2:
+                months.setdefault((int(parts[0][5:]), int(parts[1][6:])), [])
+            continue
+        if path.suffix != ".parquet":
+            ignored.append(path)
+        elif in_layout and len(parts) == 3:
+            months.setdefault((int(parts[0][5:]), int(parts[1][6:])), []).append(path)
+        else:
             raise DataValidationError(f"{path}: not in the layout year=YYYY/month=M/data.parquet")
-        out.append((int(m.group(1)), int(m.group(2)), path))
-    out.sort(key=lambda t: (t[0], t[1], t[2].name))
-    return out
+    partitions = tuple(Partition(y, m, tuple(sorted(files, key=lambda f: f.name)))
+                       for (y, m), files in sorted(months.items()))
+    return TreeListing(root, partitions, tuple(ignored))
 
 
-def _read_fragment(frag) -> pa.Table:
-    file = Path(frag.path)
-    keys = ds.get_partition_keys(frag.partition_expression)
+def open_parquet(file: Path) -> pq.ParquetFile:
+    """A parquet file's reader; a truncated or non-parquet file is a DataValidationError naming it."""
     try:
-        check_schema(frag.physical_schema, file)
-        raw = pq.read_table(file, columns=list(COLUMNS), use_threads=False)
+        return pq.ParquetFile(file)
     except (pa.ArrowInvalid, OSError) as err:
         raise DataValidationError(f"{file}: unreadable parquet: {err}") from None
-    table = _cast(raw, file)
-    check_rows(table, file, keys.get("year"), keys.get("month"))
-    return table
 
 
-def load_range(root: str | Path, start: dt.date, end: dt.date, progress: bool = False) -> pa.Table:
-    """Validated rows with start <= date <= end, sorted by (date, ticker).
+def read_columns(pf: pq.ParquetFile, file: Path, columns: list[str]) -> pa.Table:
+    try:
+        return pf.read(columns=columns, use_threads=False)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataValidationError(f"{file}: unreadable parquet: {err}") from None
 
-    Only the partitions that can hold the range are opened (pyarrow dataset partition pruning); files are read
-    and validated in parallel threads (Arrow and numpy release the GIL), errors reported in file order.
+
+def read_files(files: list[tuple[Partition, Path]], read: Callable[[Path, int, int], T], progress: bool = False,
+               desc: str = "load market") -> list[T]:
+    """`read(file, year, month)` for every file, in parallel threads (Arrow and numpy release the GIL).
+
+    Results come back in file order, so the first bad file in the tree is the one reported.
     """
-    import concurrent.futures as cf
-    import os
-
-    root = Path(root)
-    files = [p for _, _, p in list_partitions(root)]
-    if not files:
-        raise DataValidationError(f"{root}: no year=YYYY/month=M/*.parquet files found")
-    dataset = ds.dataset([str(f) for f in files], format="parquet", partitioning=_PARTITIONING,
-                         partition_base_dir=str(root))
-    ym = ds.field("year") * 100 + ds.field("month")
-    part_filter = (ym >= start.year * 100 + start.month) & (ym <= end.year * 100 + end.month)
-    fragments = list(dataset.get_fragments(filter=part_filter))
-    if not fragments:
-        raise DataValidationError(f"{root}: no partitions between {start} and {end}")
     with cf.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        futures = [pool.submit(_read_fragment, f) for f in fragments]
+        futures = [pool.submit(read, f, p.year, p.month) for p, f in files]
         it = futures
         if progress:
             from tqdm import tqdm
-            it = tqdm(futures, desc="load market", unit="file")
-        tables = [f.result() for f in it]  # in file order, so the first bad file is the one reported
-    table = pa.concat_tables(tables)
+            it = tqdm(futures, desc=desc, unit="file")
+        return [f.result() for f in it]
+
+
+def _read_contract_file(file: Path, year: int, month: int) -> pa.Table:
+    with open_parquet(file) as pf:
+        check_schema(pf.schema_arrow, file)
+        raw = read_columns(pf, file, list(COLUMNS))
+    table = cast(raw, file)
+    check_rows(table, file, year, month)
+    return table
+
+
+def in_range(table: pa.Table, start: dt.date, end: dt.date, root: Path) -> pa.Table:
+    """Rows with start <= date <= end, sorted by (date, ticker); no row left is an error naming the root."""
     days = day_numbers(table)
     lo, hi = (np.datetime64(d, "D").astype(np.int64) for d in (start, end))
     mask = (days >= lo) & (days <= hi)
@@ -260,17 +310,41 @@ def load_range(root: str | Path, start: dt.date, end: dt.date, progress: bool = 
     return sort_by_date_ticker(table)
 
 
-def write_partitions(table: pa.Table, root: str | Path) -> list[Path]:
-    """Write a table in the month-partitioned layout; rows sorted by (date, ticker) for byte-stable files."""
+def files_within(listing: TreeListing, start: dt.date, end: dt.date) -> list[tuple[Partition, Path]]:
+    """The parquet files of the months that can hold [start, end] (the others are never opened)."""
+    if not any(p.files for p in listing.partitions):
+        raise DataValidationError(f"{listing.root}: no year=YYYY/month=M/*.parquet files found")
+    files = [(p, f) for p in listing.within(start, end) for f in p.files]
+    if not files:
+        raise DataValidationError(f"{listing.root}: no partitions between {start} and {end}")
+    return files
+
+
+def load_range(root: str | Path, start: dt.date, end: dt.date, progress: bool = False) -> pa.Table:
+    """Validated rows of a tree in the contract format with start <= date <= end, sorted by (date, ticker).
+
+    Only the months that can hold the range are opened.
+    """
     root = Path(root)
+    files = files_within(list_tree(root), start, end)
+    tables = read_files(files, _read_contract_file, progress)
+    return in_range(pa.concat_tables(tables), start, end, root)
+
+
+def month_slices(table: pa.Table) -> Iterable[tuple[int, int, pa.Table]]:
+    """(year, month, rows) per calendar month of a table sorted by (date, ticker), zero-copy slices."""
     table = sort_by_date_ticker(table)
     months = day_numbers(table).astype("datetime64[D]").astype("datetime64[M]")
-    written = []
     uniq, first = np.unique(months, return_index=True)  # rows are month-sorted: each month is one slice
     bounds = list(first) + [table.num_rows]
     for k, month in enumerate(uniq):
-        y, m = int(str(month)[:4]), int(str(month)[5:7])
-        part = table.slice(bounds[k], bounds[k + 1] - bounds[k])
+        yield int(str(month)[:4]), int(str(month)[5:7]), table.slice(bounds[k], bounds[k + 1] - bounds[k])
+
+
+def write_partitions(table: pa.Table, root: str | Path) -> list[Path]:
+    """Write a table in the month-partitioned layout; rows sorted by (date, ticker) for byte-stable files."""
+    written = []
+    for y, m, part in month_slices(table):
         path = partition_path(root, y, m)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Fixed writer settings and no pandas metadata: same rows -> byte-identical file.

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .market import SCHEMA
 from .universe import UNIVERSE, Stock
@@ -184,3 +185,71 @@ def simulate(cfg: SimConfig) -> pa.Table:
         "per": np.round(per[t_idx, j_idx], 2), "pbr": np.round(pbr[t_idx, j_idx], 3),
     }
     return pa.table({k: pa.array(v) if not isinstance(v, pa.Array) else v for k, v in cols.items()}).cast(SCHEMA)
+
+
+# ---- the simulated market in the column layouts users bring (tests, the benchmark and the example tree) ------
+
+#: The seed system's, pykrx's and FinanceDataReader's layouts (kospi_ft.data.ingest reads all three).
+VENDORS = ("seed", "pykrx", "fdr")
+
+
+def as_vendor(table: pa.Table, vendor: str, *, missing_close: float = 0.0, seed: int = 0) -> pa.Table:
+    """Contract rows in a vendor's columns, types and conventions.
+
+    seed: timestamp `date`, tickers like "005930 KP", float volume, market_cap, pe_ratio/pb_ratio and feature
+    columns (sma_20, rsi_14: placeholder values, ingest ignores them); no name, value or shares.
+    pykrx: 날짜, 티커, 시가 고가 저가 종가 (int32) 거래량 거래대금 등락률 시가총액 상장주식수 PER PBR, PER/PBR 0 where
+    KRX prints '-' (pykrx's own replacement). fdr: Date, integer Code (as pandas reads it from a CSV), Name,
+    Open High Low Close Volume Change Amount MarCap Shares, no PER/PBR.
+    All three write a trading halt the KRX way: open = high = low = 0, volume 0. `missing_close` is the share of
+    rows whose close is blanked (NaN).
+    """
+    if vendor not in VENDORS:
+        raise ValueError(f"vendor must be one of {VENDORS}, got {vendor!r}")
+    n = table.num_rows
+    halted = table["volume"].to_numpy() == 0
+    ohl = {c: np.where(halted, 0.0, table[c].to_numpy()) for c in ("open", "high", "low")}
+    close = table["close"].to_numpy().astype(float)
+    if missing_close:
+        close = np.where(np.random.default_rng(seed).random(n) < missing_close, np.nan, close)
+    stamp = pc.cast(table["date"], pa.timestamp("ns"))
+    if vendor == "seed":
+        return pa.table({
+            "date": stamp, "ticker": pc.binary_join_element_wise(table["ticker"], "KP", " "),
+            **ohl, "close": close, "volume": table["volume"].cast(pa.float64()),
+            "market_cap": table["market_cap"], "pe_ratio": table["per"], "pb_ratio": table["pbr"],
+            "sma_20": close, "rsi_14": np.full(n, 50.0),
+        })
+    if vendor == "pykrx":
+        krw = {k: pa.array(v).cast(pa.int32()) for k, v in zip(("시가", "고가", "저가"), ohl.values())}
+        zero_dash = {k: pc.fill_null(pc.if_else(pc.is_nan(table[c]), None, table[c]), 0).cast(pa.float32())
+                     for k, c in (("PER", "per"), ("PBR", "pbr"))}
+        return pa.table({
+            "날짜": stamp, "티커": table["ticker"], **krw, "종가": pa.array(close, from_pandas=True).cast(
+                pa.float64() if missing_close else pa.int32()),
+            "거래량": table["volume"].cast(pa.int32()), "거래대금": table["value"],
+            "등락률": pa.array(np.zeros(n, dtype=np.float32)), "시가총액": table["market_cap"],
+            "상장주식수": table["shares"], **zero_dash,
+        })
+    return pa.table({
+        "Date": stamp, "Code": table["ticker"].cast(pa.int64()), "Name": table["name"],
+        "Open": ohl["open"], "High": ohl["high"], "Low": ohl["low"], "Close": close, "Volume": table["volume"],
+        "Change": np.zeros(n), "Amount": table["value"], "MarCap": table["market_cap"], "Shares": table["shares"],
+    })
+
+
+def write_vendor_tree(table: pa.Table, root, vendor: str, *, missing_close: float = 0.0) -> list:
+    """`as_vendor` month by month into `root/year=YYYY/month=M/data.parquet`, as a user's tree would be."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from .market import month_slices, partition_path
+
+    written = []
+    for k, (y, m, part) in enumerate(month_slices(table)):
+        path = partition_path(Path(root), y, m)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(as_vendor(part, vendor, missing_close=missing_close, seed=k), path, compression="zstd")
+        written.append(path)
+    return written

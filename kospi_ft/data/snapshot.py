@@ -3,9 +3,17 @@
 Per ticker: daily return, SMA-20/60, 20-day realised volatility (annualised).
 Per day (market-wide): cap-weighted return (weights = previous close's market cap), breadth (share of traded
 stocks that closed up; halted stocks are left out), 10-day momentum (compounded cap-weighted return), 10-day
-realised volatility (annualised), a cap-weighted index level (1000 on the first loaded day), and the regime by
-`kospi_ft.data.regime.classify_arrays`. The first 10 days of a range lack momentum/vol history and get no regime.
-A snapshot's `stocks` holds universe stocks with every feature defined and PER/PBR inside the spec's bands.
+realised volatility (annualised), a cap-weighted index level (1000 on the window's first day), and the regime by
+`kospi_ft.data.regime.classify_arrays`.
+
+History. `from_market` also loads HISTORY_DAYS calendar days before the window's first day when the tree has
+them, so the rolling windows of the window's first days are full; the tables hold only the window. Without that
+history the first 10 days get no regime and the first 59 no SMA-60 (those days have no usable stock). A
+snapshot's `stocks` holds universe stocks with every feature defined and PER/PBR inside the spec's bands.
+
+Fixed precision. Every float is written rounded to FLOAT_DECIMALS (and -0.0 written as 0.0), and regimes are
+classified on the rounded indicators: float results that differ in their last bits between CPUs (SIMD reductions,
+libm) then give the same file bytes, so DVC sees the same hash on every machine.
 
 Features are computed with numpy over ticker-contiguous arrays (cumulative-sum windows), not a pandas
 groupby-rolling: same numbers, several times faster (see benchmarks/bench_market.py).
@@ -30,6 +38,14 @@ from .universe import TICKERS, by_code
 ANNUALISE = np.sqrt(252.0)
 WINDOW_MOMENTUM = 10
 SMA_LONG = 60
+#: Calendar days loaded before the window: SMA-60 needs 59 trading days before the first one, and 120 calendar
+#: days hold ~80 KRX trading days even across the Lunar New Year and Chuseok holidays.
+HISTORY_DAYS = 120
+#: Decimals every float column is written with: prices and SMAs to 1/10,000 won, fractions to 1e-8, well below
+#: what the prompts show (4 decimals) and far above the ~1e-16 relative noise of float arithmetic.
+FLOAT_DECIMALS = {"close": 4, "daily_return": 8, "sma20": 4, "sma60": 4, "vol20": 8, "per": 4, "pbr": 4,
+                  "market_return": 8, "breadth": 8, "momentum_10d": 8, "vol_10d": 8, "index_level": 6}
+FEATURES = ("daily_return", "sma20", "sma60", "vol20")
 PER_RANGE = (0.5, 200.0)   # the spec's sanity band for real snapshot valuations (exclusive)
 PBR_RANGE = (0.01, 50.0)
 
@@ -104,9 +120,15 @@ def _dense_ids(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(present) + lo, ids[x - lo]
 
 
-def compute_features(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+def fixed(values, column: str) -> np.ndarray:
+    """`values` at the column's fixed precision (FLOAT_DECIMALS), -0.0 as 0.0: bytes that ignore last-bit noise."""
+    return np.round(np.asarray(values, dtype=float), FLOAT_DECIMALS[column]) + 0.0
+
+
+def compute_features(table: pa.Table, start: dt.date | None = None) -> tuple[pa.Table, pa.Table]:
     """(stocks, market) feature tables from validated bars (any row order; outputs follow the input's).
 
+    Rows before `start` are history: they fill the rolling windows but are not in the outputs.
     Works on a dense day x ticker grid: windows run over trading days, and a day a ticker has no row (before
     its IPO, or a gap in a user's tree) is NaN, so a window across a gap is not silently stitched together.
     """
@@ -139,22 +161,32 @@ def compute_features(table: pa.Table) -> tuple[pa.Table, pa.Table]:
         mret = np.where(wsum > 0, (np.where(traded, ret, 0.0) * w).sum(axis=1) / wsum, np.nan)
         breadth = np.where(n_traded > 0, (traded & (ret > 0)).sum(axis=1) / n_traded, np.nan)
     growth = np.where(np.isfinite(mret), 1.0 + mret, 1.0)
-    index = 1000.0 * np.cumprod(growth)
     mom = np.exp(_rolling_mean(np.where(np.isfinite(mret), np.log(growth), np.nan), WINDOW_MOMENTUM)
                  * WINDOW_MOMENTUM) - 1
     vol10 = _rolling_std(mret, WINDOW_MOMENTUM) * ANNUALISE
-    regimes = classify_arrays(mret, breadth, mom, vol10)
 
+    w0 = 0 if start is None else int(np.searchsorted(day_values, np.datetime64(start, "D").astype(np.int64)))
+    m = {"market_return": mret[w0:], "breadth": breadth[w0:], "momentum_10d": mom[w0:], "vol_10d": vol10[w0:],
+         "index_level": 1000.0 * np.cumprod(growth[w0:])}
+    m = {c: fixed(v, c) for c, v in m.items()}
+    # Classified on the written (rounded) indicators, so the tables reproduce their own regimes exactly.
+    regimes = classify_arrays(m["market_return"], m["breadth"], m["momentum_10d"], m["vol_10d"])
+
+    src, dw, kw = table, d, k
+    if w0:
+        window = d >= w0
+        src, dw, kw = table.filter(pa.array(window)), d[window], k[window]
     stocks = pa.table({
-        "date": table["date"], "ticker": table["ticker"], "name": table["name"],
-        "close": table["close"], "daily_return": ret[d, k], "sma20": sma20[d, k], "sma60": sma60[d, k],
-        "vol20": vol20[d, k], "volume": table["volume"], "market_cap": table["market_cap"],
-        "per": table["per"], "pbr": table["pbr"],
+        "date": src["date"], "ticker": src["ticker"], "name": src["name"],
+        "close": fixed(src["close"], "close"), "daily_return": fixed(ret[dw, kw], "daily_return"),
+        "sma20": fixed(sma20[dw, kw], "sma20"), "sma60": fixed(sma60[dw, kw], "sma60"),
+        "vol20": fixed(vol20[dw, kw], "vol20"), "volume": src["volume"], "market_cap": src["market_cap"],
+        "per": fixed(src["per"].to_numpy(zero_copy_only=False), "per"),
+        "pbr": fixed(src["pbr"].to_numpy(zero_copy_only=False), "pbr"),
     })
     market = pa.table({
-        "date": pa.array(day_values.astype("datetime64[D]"), pa.date32()),
-        "market_return": mret, "breadth": breadth, "momentum_10d": mom, "vol_10d": vol10,
-        "index_level": index, "n_traded": n_traded.astype(np.int64),
+        "date": pa.array(day_values[w0:].astype("datetime64[D]"), pa.date32()), **m,
+        "n_traded": n_traded[w0:].astype(np.int64),
         "regime": pa.array([None if g is None else g.value for g in regimes], pa.string()),
     })
     return stocks, market
@@ -175,9 +207,10 @@ def _write(table: pa.Table, path: Path) -> None:
 class MarketSnapshotStore:
     """Per-day market table + per-stock feature table, with regime-conditioned snapshot sampling."""
 
-    def __init__(self, market: pa.Table, stocks: pa.Table):
+    def __init__(self, market: pa.Table, stocks: pa.Table, history_days: int = 0):
         self.market = market
         self.stocks = stocks
+        self.history_days = history_days   # trading days before the window that filled the rolling windows
         self._dates = market["date"].to_numpy(zero_copy_only=False).astype("datetime64[D]")
         self._regimes = np.array(market["regime"].to_pylist(), dtype=object)
         sd = mkt.day_numbers(stocks)
@@ -188,15 +221,27 @@ class MarketSnapshotStore:
             sd = sd[order]
         days = self._dates.astype(np.int64)
         self._stock_day_bounds = np.searchsorted(sd, days), np.searchsorted(sd, days, side="right")
+        # Days with at least one stock whose features are all defined (not inside an SMA-60 warm-up).
+        complete = np.ones(stocks.num_rows, dtype=bool)
+        for col in FEATURES:
+            complete &= np.isfinite(stocks[col].to_numpy(zero_copy_only=False))
+        seen = np.concatenate([[0], np.cumsum(complete)])
+        self._has_features = seen[self._stock_day_bounds[1]] > seen[self._stock_day_bounds[0]]
 
     # construction -------------------------------------------------------------------------------------
     @classmethod
     def from_market(cls, root: str | Path, start_date: dt.date, end_date: dt.date,
                     progress: bool = False) -> "MarketSnapshotStore":
-        """Load validated raw bars for the range (partition-pruned) and compute features and regimes."""
-        table = mkt.load_range(root, start_date, end_date, progress=progress)
-        stocks, market = compute_features(table)
-        return cls(market, stocks)
+        """Load validated bars for the range plus up to HISTORY_DAYS before it (partition-pruned) and compute
+        features and regimes; the tables hold [start_date, end_date]."""
+        table = mkt.load_range(root, start_date - dt.timedelta(days=HISTORY_DAYS), end_date, progress=progress)
+        days = mkt.day_numbers(table)  # sorted: load_range orders rows by (date, ticker)
+        before = days[:np.searchsorted(days, np.datetime64(start_date, "D").astype(np.int64))]
+        if len(before) == len(days):
+            raise DataValidationError(f"{root}: no rows between {start_date} and {end_date} (column 'date')")
+        history = int(np.count_nonzero(np.diff(before))) + 1 if len(before) else 0
+        stocks, market = compute_features(table, start_date)
+        return cls(market, stocks, history_days=history)
 
     @classmethod
     def from_dir(cls, directory: str | Path, start_date: dt.date | None = None,
@@ -245,10 +290,9 @@ class MarketSnapshotStore:
         return self._build(i)
 
     def sample_snapshot(self, regime: Regime, rng: np.random.Generator) -> Snapshot:
-        """A real snapshot from a uniformly drawn day of `regime` (after the first 59 days of the range)."""
-        days = np.flatnonzero(self._regimes == Regime(regime).value)
-        # Skip the SMA-60 warm-up at the start of the range, where no stock has every feature yet.
-        days = days[days >= SMA_LONG - 1]
+        """A real snapshot from a uniformly drawn day of `regime` that has stocks with every feature defined."""
+        # Without history before the window, its first 59 days are an SMA-60 warm-up: no stock has every feature.
+        days = np.flatnonzero((self._regimes == Regime(regime).value) & self._has_features)
         if len(days) == 0:
             raise PipelineError(f"no {Regime(regime).value} day in the loaded range: widen snapshots.start_date/end_date")
         return self._build(int(days[rng.integers(len(days))]))

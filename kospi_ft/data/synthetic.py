@@ -43,7 +43,7 @@ from ..strategy import (
 from .quotas import allocate
 from .regime import Regime, classify
 from .scenarios import FX_SENSITIVITY, SHOCKS, US_EVENTS, Shock, UsEvent
-from .snapshot import SMA_LONG, MarketSnapshotStore, Snapshot
+from .snapshot import MarketSnapshotStore, Snapshot
 from .templates import (
     CONTEXT_STYLES, FORMAT_SHARES, AccountContext, MarketView, StockRow, render_context, render_market,
     templates_for,
@@ -264,11 +264,17 @@ def _synthetic_stock(stock: Stock, regime: Regime, rng: Draws) -> StockRow:
         vol20=round(0.15 + 0.45 * u_vol, 3), per=round(per, 2), pbr=round(pbr, 2), **_fundamentals(rng))
 
 
-def _real_stock(s, rng: Draws) -> StockRow:
+def real_stock_row(s, fundamentals: Mapping[str, Any] | None = None) -> StockRow:
+    """A snapshot stock as the prompt shows it; `fundamentals` (EV/EBITDA, ROE, F-Score) None: not shown."""
     return StockRow(
         ticker=s.ticker, name=by_code(s.ticker).name_ko, sector=s.sector, close=float(round(s.close)),
         daily_return=round(s.daily_return, 4), sma20=float(round(s.sma20)), sma60=float(round(s.sma60)),
-        vol20=round(s.vol20, 3), per=round(s.per, 2), pbr=round(s.pbr, 2), **_fundamentals(rng))
+        vol20=round(s.vol20, 3), per=round(s.per, 2), pbr=round(s.pbr, 2),
+        **(fundamentals or dict.fromkeys(("ev_ebitda", "roe", "f_score"))))
+
+
+def _real_stock(s, rng: Draws) -> StockRow:
+    return real_stock_row(s, _fundamentals(rng))
 
 
 @dataclass(frozen=True)
@@ -314,31 +320,43 @@ def synthetic_view(regime: Regime, day: dt.date, pick: StockPick, rng: Draws) ->
                       **_regime_extras(regime, rng))
 
 
-def real_view(snap: Snapshot, pick: StockPick, rng: Draws) -> MarketView:
-    stocks = tuple(_real_stock(s, rng) for s in _pick_snapshot(snap, pick, rng))
+def snapshot_view(snap: Snapshot, stocks: tuple[StockRow, ...], extras: Mapping[str, Any] | None = None
+                  ) -> MarketView:
+    """A snapshot day as the prompt shows it: the tape's indicators at 4 decimals and `stocks`. `extras` (flows,
+    sentiment, USD/KRW, VIX; the KRX tape has none) None: left out of the block."""
+    none = dict.fromkeys(("sentiment", "foreign_net", "institution_net", "usdkrw", "usdkrw_change", "vix"))
     return MarketView(
         date=snap.date.isoformat(), regime=snap.regime.value, source="real",
         market_return=round(snap.market_return, 4), breadth=round(snap.breadth, 4),
         momentum_10d=round(snap.momentum_10d, 4), vol_10d=round(snap.vol_10d, 4),
-        index_level=round(snap.index_level, 2), stocks=stocks, **_regime_extras(snap.regime, rng))
+        index_level=round(snap.index_level, 2), stocks=stocks, **(none if extras is None else extras))
+
+
+def real_view(snap: Snapshot, pick: StockPick, rng: Draws) -> MarketView:
+    stocks = tuple(_real_stock(s, rng) for s in _pick_snapshot(snap, pick, rng))
+    return snapshot_view(snap, stocks, _regime_extras(snap.regime, rng))
 
 
 class RealDays:
-    """The store's days usable for one split: regime known, past the SMA-60 warm-up, enough stocks on screen,
-    and indicators whose 4-decimal rounding still classifies to the store's regime."""
+    """The store's days usable for one split: regime known, enough stocks with every feature defined on screen,
+    and indicators whose 4-decimal rounding still classifies to the store's regime.
+
+    Days of a regime are drawn without replacement: each pass over a regime's days is a fresh shuffle, so a day
+    repeats only once every usable day of its regime has been used (the spec's window has ~24 BEAR days for
+    ~700 BEAR records). `dataset_stats` reports how often days repeat.
+    """
 
     MIN_STOCKS = 12
 
     def __init__(self, store: MarketSnapshotStore, split: str):
         self.store = store
-        dates = store.dates[SMA_LONG - 1:]
         self.by_regime: dict[Regime, list[dt.date]] = {}
-        allowed = {d for d in dates if date_split(d) == split}
         for regime in REGIME_ORDER:
-            days = [d for d in store.regime_days(regime) if d in allowed]
+            days = [d for d in store.regime_days(regime) if date_split(d) == split]
             if days:
                 self.by_regime[regime] = days
         self._cache: dict[dt.date, Snapshot | None] = {}
+        self._queues: dict[Regime, list[dt.date]] = {}
 
     @property
     def regimes(self) -> list[Regime]:
@@ -354,13 +372,19 @@ class RealDays:
         return self._cache[day]
 
     def draw(self, regime: Regime, rng: Draws) -> Snapshot:
-        days = self.by_regime[regime]
-        for _ in range(64):
-            snap = self._usable(days[(rng.integers(len(days)))])
+        while True:
+            queue = self._queues.get(regime)
+            if not queue:
+                # A new pass: the regime's days not yet found unusable, in a fresh order.
+                days = [d for d in self.by_regime[regime] if self._cache.get(d, True) is not None]
+                if not days:
+                    raise PipelineError(
+                        f"snapshots: no usable {regime.value} day (fewer than {self.MIN_STOCKS} stocks with every "
+                        "feature and PER/PBR in range, or every day sits on a classification threshold)")
+                queue = self._queues[regime] = [days[i] for i in rng.sample(len(days), len(days))]
+            snap = self._usable(queue.pop())
             if snap is not None:
                 return snap
-        raise PipelineError(f"snapshots: no usable {regime.value} day found (too few stocks with PER/PBR in range, "
-                            "or every day sits on a classification threshold)")
 
 
 # ---- account context ---------------------------------------------------------------------------------------
@@ -827,6 +851,19 @@ def answer_json(answer: Mapping[str, Any]) -> str:
     return json.dumps(answer, ensure_ascii=False, separators=(",", ":"))
 
 
+def user_turn(parts: Sequence[str]) -> str:
+    """The user turn: the prompt's blocks (context, market data, task block, question), blank-line separated."""
+    return "\n\n".join(p for p in parts if p)
+
+
+def chat_record(user: str, answer: Mapping[str, Any], task: TaskType, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A Stage 2 SFT record: the quant system prompt, the user turn, the answer as compact JSON, task and meta."""
+    return {"messages": [{"role": "system", "content": QUANT_SYSTEM_PROMPT},
+                         {"role": "user", "content": user},
+                         {"role": "assistant", "content": answer_json(answer)}],
+            "task": TaskType(task).value, "meta": dict(meta)}
+
+
 def check_answer(task: TaskType, answer: Mapping[str, Any]) -> None:
     """Raise if a generated answer is not schema-valid, rule-consistent and of full quality (a generator bug)."""
     model = RESPONSE_MODELS[task].model_validate(answer)
@@ -875,17 +912,11 @@ def generate(count: int, *, seed: int, split: str = "train", start_date: dt.date
         options = templates_for(task)
         template_id, question = options[(rng.integers(len(options)))]
         style = (rng.integers(CONTEXT_STYLES))
-        parts = [render_context(ctx, style), render_market(view, fmt), built.extra,
-                 question.replace("{date}", view.date)]
-        user = "\n\n".join(p for p in parts if p)
-        records.append({
-            "messages": [{"role": "system", "content": QUANT_SYSTEM_PROMPT},
-                         {"role": "user", "content": user},
-                         {"role": "assistant", "content": answer_json(built.answer)}],
-            "task": task.value,
-            "meta": {"date": view.date, "regime": view.regime, "source": view.source, "format": fmt,
-                     "template": template_id, "split": split, **built.meta},
-        })
+        user = user_turn([render_context(ctx, style), render_market(view, fmt), built.extra,
+                          question.replace("{date}", view.date)])
+        records.append(chat_record(user, built.answer, task, {
+            "date": view.date, "regime": view.regime, "source": view.source, "format": fmt,
+            "template": template_id, "split": split, **built.meta}))
     return records
 
 
@@ -907,15 +938,33 @@ def _percentiles(lengths: Sequence[int]) -> dict[str, int]:
 TOKEN_STATS_ROWS = 400
 
 
+def real_day_use(records: Sequence[dict]) -> dict[str, Any]:
+    """How often real snapshot days repeat, per regime: records, distinct days, records that reuse a day already
+    used, and the most records any one day serves."""
+    uses: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for r in records:
+        if r["meta"]["source"] == "real":
+            uses[r["meta"]["regime"]][r["meta"]["date"]] += 1
+
+    def summary(counter: collections.Counter) -> dict[str, int]:
+        n = sum(counter.values())
+        return {"records": n, "days": len(counter), "repeats": n - len(counter),
+                "max_per_day": max(counter.values(), default=0)}
+
+    total = sum(uses.values(), collections.Counter())
+    return {**summary(total), "by_regime": {g: summary(uses[g]) for g in sorted(uses)}}
+
+
 def dataset_stats(splits: Mapping[str, Sequence[dict]], tokenizer=None) -> dict[str, Any]:
-    """Counts per task/format/source/regime per split and, with a tokenizer, chat-template token lengths of
-    rows and answers over the first TOKEN_STATS_ROWS rows (what training's max_seq_length must hold)."""
+    """Counts per task/format/source/regime per split, real-day reuse and, with a tokenizer, chat-template token
+    lengths of rows and answers over the first TOKEN_STATS_ROWS rows (what training's max_seq_length must hold)."""
     out: dict[str, Any] = {}
     for name, recs in splits.items():
         out[name] = {"records": len(recs), "tasks": _counts(r["task"] for r in recs),
                      "formats": _counts(r["meta"]["format"] for r in recs),
                      "sources": _counts(r["meta"]["source"] for r in recs),
-                     "regimes": _counts(r["meta"]["regime"] for r in recs)}
+                     "regimes": _counts(r["meta"]["regime"] for r in recs),
+                     "real_days": real_day_use(recs)}
         if tokenizer is not None:
             sample = recs[:TOKEN_STATS_ROWS]
             rows = [len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=False))

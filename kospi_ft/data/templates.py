@@ -176,14 +176,15 @@ class StockRow:
     vol20: float
     per: float
     pbr: float
-    ev_ebitda: float
-    roe: float
-    f_score: int
+    ev_ebitda: float | None   # None: not known (a reasoning log on a KRX snapshot; the tape has no fundamentals)
+    roe: float | None
+    f_score: int | None
 
 
 @dataclass(frozen=True)
 class MarketView:
-    """One trading day as the prompt shows it. Returns/momentum/vol are fractions."""
+    """One trading day as the prompt shows it. Returns/momentum/vol are fractions. The flows, sentiment, FX and
+    VIX are None where nothing is known about them (a reasoning log's KRX snapshot): the block leaves them out."""
 
     date: str
     regime: str
@@ -193,12 +194,12 @@ class MarketView:
     momentum_10d: float
     vol_10d: float
     index_level: float
-    sentiment: float          # -1..1, news/Telegram sentiment
-    foreign_net: int          # KRW 100M (억원), + = net buying
-    institution_net: int
-    usdkrw: float
-    usdkrw_change: float
-    vix: float
+    sentiment: float | None   # -1..1, news/Telegram sentiment
+    foreign_net: int | None   # KRW 100M (억원), + = net buying
+    institution_net: int | None
+    usdkrw: float | None
+    usdkrw_change: float | None
+    vix: float | None
     stocks: tuple[StockRow, ...]
 
 
@@ -211,26 +212,32 @@ def _flow(x: int) -> str:
 
 
 def _market_lines(v: MarketView) -> list[tuple[str, str]]:
-    return [
+    lines = [
         ("KOSPI", f"{v.index_level:,.2f} ({_pct(v.market_return)})"),
         ("상승 종목 비율(breadth)", f"{v.breadth * 100:.2f}%"),
         ("10일 모멘텀", _pct(v.momentum_10d)),
         ("10일 변동성(연율)", f"{v.vol_10d * 100:.2f}%"),
-        ("외국인 순매수", _flow(v.foreign_net)),
-        ("기관 순매수", _flow(v.institution_net)),
-        ("뉴스 감성 지수", f"{v.sentiment:+.2f}"),
-        ("USD/KRW", f"{v.usdkrw:,.1f} ({_pct(v.usdkrw_change)})"),
-        ("VIX", f"{v.vix:.1f}"),
     ]
+    if v.sentiment is not None:
+        lines += [
+            ("외국인 순매수", _flow(v.foreign_net)),
+            ("기관 순매수", _flow(v.institution_net)),
+            ("뉴스 감성 지수", f"{v.sentiment:+.2f}"),
+            ("USD/KRW", f"{v.usdkrw:,.1f} ({_pct(v.usdkrw_change)})"),
+            ("VIX", f"{v.vix:.1f}"),
+        ]
+    return lines
 
 
 def _stock_fields(s: StockRow) -> list[tuple[str, str]]:
-    return [
+    fields = [
         ("종가", f"{s.close:,.0f}"), ("등락", _pct(s.daily_return)),
         ("SMA20", f"{s.sma20:,.0f}"), ("SMA60", f"{s.sma60:,.0f}"), ("변동성20", f"{s.vol20 * 100:.0f}%"),
-        ("PER", f"{s.per:.2f}"), ("PBR", f"{s.pbr:.2f}"), ("EV/EBITDA", f"{s.ev_ebitda:.1f}"),
-        ("ROE", f"{s.roe * 100:.0f}%"), ("F-Score", str(s.f_score)),
+        ("PER", f"{s.per:.2f}"), ("PBR", f"{s.pbr:.2f}"),
     ]
+    if s.ev_ebitda is not None:
+        fields += [("EV/EBITDA", f"{s.ev_ebitda:.1f}"), ("ROE", f"{s.roe * 100:.0f}%"), ("F-Score", str(s.f_score))]
+    return fields
 
 
 def _stock_label(s: StockRow) -> str:
@@ -241,36 +248,39 @@ def render_market(v: MarketView, fmt: str) -> str:
     """The market block in one of the four formats of FORMAT_SHARES."""
     market, stocks = _market_lines(v), v.stocks
     if fmt == "bullet":
-        lines = ["[시장 지표]"] + [f"- {k}: {val}" for k, val in market] + ["[종목]"]
+        lines = ["[시장 지표]"] + [f"- {k}: {val}" for k, val in market] + (["[종목]"] if stocks else [])
         lines += [f"- {_stock_label(s)}: " + ", ".join(f"{k} {val}" for k, val in _stock_fields(s))
                   for s in stocks]
         return "\n".join(lines)
     if fmt == "sentence":
         m = dict(market)
         text = (f"KOSPI는 {m['KOSPI']}에 마감했고 상승 종목 비율은 {m['상승 종목 비율(breadth)']}입니다. "
-                f"10일 모멘텀은 {m['10일 모멘텀']}, 10일 변동성은 {m['10일 변동성(연율)']}입니다. "
-                f"외국인은 {m['외국인 순매수']}, 기관은 {m['기관 순매수']} 순매수했고, 뉴스 감성 지수는 "
-                f"{m['뉴스 감성 지수']}입니다. 원/달러 환율은 {m['USD/KRW']}, VIX는 {m['VIX']}입니다.")
+                f"10일 모멘텀은 {m['10일 모멘텀']}, 10일 변동성은 {m['10일 변동성(연율)']}입니다.")
+        if "VIX" in m:
+            text += (f" 외국인은 {m['외국인 순매수']}, 기관은 {m['기관 순매수']} 순매수했고, 뉴스 감성 지수는 "
+                     f"{m['뉴스 감성 지수']}입니다. 원/달러 환율은 {m['USD/KRW']}, VIX는 {m['VIX']}입니다.")
         sentences = []
         for s in stocks:
             f = dict(_stock_fields(s))
+            tail = (f", EV/EBITDA {f['EV/EBITDA']}배, ROE {f['ROE']}, F-Score {f['F-Score']}"
+                    if "F-Score" in f else "")
             sentences.append(
                 f"{_stock_label(s)}은 종가 {f['종가']}원({f['등락']}), SMA20 {f['SMA20']}, SMA60 {f['SMA60']}, "
-                f"변동성 {f['변동성20']}이며 PER {f['PER']}배, PBR {f['PBR']}배, EV/EBITDA {f['EV/EBITDA']}배, "
-                f"ROE {f['ROE']}, F-Score {f['F-Score']}입니다.")
-        return text + "\n" + "\n".join(sentences)
+                f"변동성 {f['변동성20']}이며 PER {f['PER']}배, PBR {f['PBR']}배{tail}입니다.")
+        return "\n".join([text, *sentences])
     if fmt == "compact":
         head = " | ".join(f"{k} {val}" for k, val in market)
         rows = [f"{s.ticker} {s.name} [{s.sector}] " + " ".join(f"{k}={val}" for k, val in _stock_fields(s))
                 for s in stocks]
-        return head + "\n" + "\n".join(rows)
+        return "\n".join([head, *rows])
     if fmt == "table":
         lines = ["| 지표 | 값 |", "|---|---|"] + [f"| {k} | {val} |" for k, val in market]
-        fields = [k for k, _ in _stock_fields(stocks[0])] if stocks else []
-        lines += ["", "| 종목 | 코드 | 섹터 | " + " | ".join(fields) + " |",
-                  "|---|---|---|" + "---|" * len(fields)]
-        lines += [f"| {s.name} | {s.ticker} | {s.sector} | " + " | ".join(val for _, val in _stock_fields(s)) + " |"
-                  for s in stocks]
+        if stocks:
+            fields = [k for k, _ in _stock_fields(stocks[0])]
+            lines += ["", "| 종목 | 코드 | 섹터 | " + " | ".join(fields) + " |",
+                      "|---|---|---|" + "---|" * len(fields)]
+            lines += [f"| {s.name} | {s.ticker} | {s.sector} | " + " | ".join(v for _, v in _stock_fields(s)) + " |"
+                      for s in stocks]
         return "\n".join(lines)
     raise ValueError(f"unknown data format {fmt!r}; expected one of {tuple(FORMAT_SHARES)}")
 

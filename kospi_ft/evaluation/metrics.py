@@ -113,8 +113,10 @@ def _safe(fn, *args) -> tuple[list[str], str | None]:
 
 
 def score_reply(task: str, reply: Any, reference: str, *, latency_s: float = 0.0, completion_tokens: int = 0,
-                rouge: RougeL | None = None, korean_threshold: float = 0.5) -> ReplyScore:
-    """Score one model reply for `task` against the reference answer text. Never raises on the reply."""
+                rouge: RougeL | None = None, korean_threshold: float = 0.5,
+                rouge_reference: str | None = None) -> ReplyScore:
+    """Score one model reply for `task` against the reference answer text (ROUGE-L against `rouge_reference`
+    when given: a reasoning log's text). Never raises on the reply."""
     extraction = extract_json(reply)
     reference_data = extract_json(reference).data
     data = extraction.data
@@ -144,7 +146,8 @@ def score_reply(task: str, reply: Any, reference: str, *, latency_s: float = 0.0
     share = hangul_share(rationale_text(data)) if data is not None else 0.0
     # ROUGE's LCS is quadratic: cap both sides (a reply is bounded by max_new_tokens anyway).
     text = reply[:ROUGE_MAX_CHARS] if isinstance(reply, str) else ""
-    rouge_l = rouge.f1(reference[:ROUGE_MAX_CHARS], text) if rouge is not None else None
+    rouge_text = reference if rouge_reference is None else rouge_reference
+    rouge_l = rouge.f1(rouge_text[:ROUGE_MAX_CHARS], text) if rouge is not None else None
     return ReplyScore(
         task=str(task), json_method=extraction.method, schema_valid=schema_valid, hallucination=hallucination,
         signal_ok=signal_ok, hangul_share=share, korean_ok=share >= korean_threshold,

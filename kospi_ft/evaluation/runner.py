@@ -1,7 +1,9 @@
 """Run one backend over the held-out eval set and score every reply.
 
 The eval set is the synthetic stage's JSONL (`paths.eval_set`): `{"messages": [system, user, assistant],
-"task": ..., "meta": {...}}`. The model sees the system and user turns; the assistant turn is the reference.
+"task": ..., "meta": {...}}`. The model sees the system and user turns; the assistant turn is the reference. A
+record with `meta.reasoning` (the held-out reasoning logs, `paths.logs_eval`) is scored for ROUGE-L against that
+reasoning text instead (the spec: "ROUGE score: reasoning log 대비 오버랩").
 `select` takes the first `n` records round-robin over task types (in file order within a task), so a small
 `n_samples` still covers every task and the same `n` always picks the same records.
 """
@@ -30,6 +32,7 @@ class EvalRecord:
     task: str
     prompt: list[Message]   # system + user
     reference: str          # the reference assistant answer (JSON text)
+    rouge_reference: str | None = None  # the text ROUGE-L compares with, when not the answer (a log's reasoning)
 
 
 def load_eval_set(path: Path) -> list[EvalRecord]:
@@ -50,7 +53,9 @@ def load_eval_set(path: Path) -> list[EvalRecord]:
             raise DataValidationError(f"{where}: field `messages` must be a list of {{role, content}} "
                                       f"ending with the assistant's reference answer")
         prompt = [{"role": str(m["role"]), "content": m["content"]} for m in messages[:-1]]
-        records.append(EvalRecord(task=task, prompt=prompt, reference=messages[-1]["content"]))
+        reasoning = (row.get("meta") or {}).get("reasoning")
+        records.append(EvalRecord(task=task, prompt=prompt, reference=messages[-1]["content"],
+                                  rouge_reference=reasoning if isinstance(reasoning, str) else None))
     return records
 
 
@@ -98,5 +103,5 @@ def evaluate(backend: Backend, records: list[EvalRecord], *, max_new_tokens: int
         replies.append(gen.text)
         scores.append(score_reply(record.task, gen.text, record.reference, latency_s=gen.latency_s,
                                   completion_tokens=gen.completion_tokens, rouge=scorer,
-                                  korean_threshold=korean_threshold))
+                                  korean_threshold=korean_threshold, rouge_reference=record.rouge_reference))
     return EvalResult(metrics=aggregate(scores), scores=scores, replies=replies)
