@@ -56,7 +56,7 @@ case $PHASE in
     $E2E prepare "$WORK" --model /tmp/m7b || exit 1
     $E2E repro "$WORK" market snapshots synthesize dpo_pairs stage1_data base_model --results "$RESULTS" || exit 1
     $E2E resume "$WORK" stage1 --results "$RESULTS" || exit 1
-    $E2E repro "$WORK" stage2 stage3 --results "$RESULTS" || exit 1
+    $E2E repro "$WORK" stage2_data stage2 stage3 --results "$RESULTS" || exit 1
     ;;
   export)
     [ -d "$WORK/models/stage3" ] || { echo "run the train phase first (in this machine's lifetime)"; exit 1; }
