@@ -15,7 +15,7 @@ from kospi_ft import params, presets
 from kospi_ft.base_model import ModelParams, resolve_base
 from kospi_ft.training import backends
 from stages._main import run
-from stages.sft import add_train_flags, run_paths
+from stages.sft import add_train_flags, launch, run_paths
 
 log = logging.getLogger("stages.dpo")
 
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
 
     raw = params.read_raw(args.params)
     model = params.load("model", ModelParams, raw=raw)
+    launch(raw, args, model, "stages.dpo", argv)
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "max_seq_length", "beta")}
     cfg = params.load("dpo", DPOParams, overrides=overrides, raw=raw)
     paths = params.load_paths(raw=raw)

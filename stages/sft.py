@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from kospi_ft import params, presets
 from kospi_ft.base_model import ModelParams, resolve_base
 from kospi_ft.errors import ParamsError
-from kospi_ft.training import backends
+from kospi_ft.training import backends, distributed
 from kospi_ft.training.common import RunPaths
 from stages._main import run
 
@@ -34,7 +35,21 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restart", action="store_true",
                         help="start over instead of resuming from the newest checkpoint of the same run (the old "
                              "checkpoints are moved aside to checkpoints/<stage>.<fingerprint>/)")
+    parser.add_argument("--num-processes", type=int, dest="num_processes",
+                        help="DDP processes, one per GPU, started through torchrun (train.num_processes)")
     params.add_params_flag(parser)
+
+
+def launch(raw: dict, args: argparse.Namespace, model: ModelParams, module: str, argv: list[str] | None) -> None:
+    """With train.num_processes > 1, start this stage again under torchrun (see kospi_ft.training.distributed)
+    and exit with its status; a process the launcher started goes on."""
+    cfg = params.load("train", distributed.LaunchParams, raw=raw, overrides={"num_processes": args.num_processes})
+    if cfg.num_processes == 1 or distributed.launched():
+        return
+    # The guardrails and the device count first, in this one process, before N processes load a model.
+    backends.resolve_backend(model.backend, allow_cpu=model.allow_cpu, strict=presets.is_real(raw))
+    distributed.check_devices(cfg.num_processes, model.allow_cpu)
+    distributed.relaunch(cfg.num_processes, module, sys.argv[1:] if argv is None else argv)
 
 
 def run_paths(paths: params.Paths, stage: str) -> RunPaths:
@@ -58,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
 
     raw = params.read_raw(args.params)
     model = params.load("model", ModelParams, raw=raw)
+    launch(raw, args, model, "stages.sft", argv)
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "max_seq_length", "lora_rank",
                                                "skip_stage1")}
     cfg = params.load(args.stage, SFTParams if args.stage == "stage1" else Stage2Params, overrides=overrides, raw=raw)

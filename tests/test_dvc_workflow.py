@@ -236,3 +236,25 @@ def test_plots_render_training_curves_and_eval_comparison(work):
     dvc(work["clone"], "plots", "show", "-o", str(out))
     html = (out / "index.html").read_text()
     assert "loss" in html and "eval" in html
+
+
+@pytest.mark.ddp
+def test_stage1_under_ddp_through_dvc_writes_the_same_outs_layout(work):
+    """train.num_processes=2: `dvc repro` starts the stage through torchrun (two gloo processes here) and the
+    outs look as with one process. Last in this module: it leaves Stage 1 retrained."""
+    from kospi_ft import params
+
+    clone = work["clone"]
+
+    def layout() -> list[str]:
+        return sorted(p.relative_to(clone).as_posix() for top in ("models/stage1", "metrics/train/stage1")
+                      for p in (clone / top).rglob("*") if p.is_file())
+
+    single = layout()
+    params.update(clone / "params.yaml", "train.num_processes", 2)
+    params.update(clone / "params.yaml", "stage1.grad_accum", 2)  # split as 1 micro-batch per process
+    r = dvc(clone, "repro", "--single-item", "stage1")
+    assert ran(r.stdout) == {"stage1"}
+    assert layout() == single
+    metrics = json.loads((clone / "metrics" / "train" / "stage1.json").read_text())
+    assert (metrics["processes"], metrics["effective_batch"]) == (2, 2)

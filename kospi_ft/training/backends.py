@@ -22,6 +22,7 @@ from ..errors import ParamsError, PipelineError
 from ..params import Section
 from ..tokenizer import configure as configure_tokenizer
 from ..tokenizer import load_tokenizer
+from .distributed import local_rank
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,9 @@ def load_base(name: str, backend: Resolved, max_seq_length: int, load_in_4bit: b
 
     tokenizer = load_tokenizer(name, revision=revision)
     if cuda_available():
-        kwargs = dict(dtype=torch.bfloat16, attn_implementation="sdpa", device_map={"": 0})
+        # One whole model per DDP process on its own GPU (device_map="auto" would split one model across the
+        # GPUs and run as a single process).
+        kwargs = dict(dtype=torch.bfloat16, attn_implementation="sdpa", device_map={"": local_rank()})
         if load_in_4bit:
             from transformers import BitsAndBytesConfig
 

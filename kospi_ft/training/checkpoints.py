@@ -162,13 +162,38 @@ def prepare(checkpoint_dir: str | os.PathLike, config: dict, restart: bool = Fal
     return resume_from
 
 
+def resume_point(checkpoint_dir: str | os.PathLike, config: dict) -> str | None:
+    """What `prepare` chose, read without changing anything (the other DDP ranks, after rank 0 prepared)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    try:
+        recorded = json.loads((checkpoint_dir / FINGERPRINT_FILE).read_text(encoding="utf-8"))["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if recorded != fingerprint(config):
+        return None
+    return next((str(c) for c in checkpoints(checkpoint_dir) if problem(c) is None), None)
+
+
+def prepare_on_all_ranks(checkpoint_dir: str | os.PathLike, config: dict, restart: bool = False) -> str | None:
+    """`prepare` on rank 0 (the only writer) while the other DDP ranks wait, then the same answer on every rank."""
+    from . import distributed
+
+    distributed.init_process_group()
+    resume_from = prepare(checkpoint_dir, config, restart) if distributed.is_main() else None
+    distributed.barrier()
+    return resume_from if distributed.is_main() else resume_point(checkpoint_dir, config)
+
+
 def manifest_callback():
     """A TrainerCallback that writes the manifest of each checkpoint once the Trainer has finished saving it."""
     from transformers import TrainerCallback
 
+    from . import distributed
+
     class ManifestCallback(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
+            distributed.barrier()  # every rank has written its RNG state into the checkpoint
+            if distributed.is_main():
                 ckpt = Path(args.output_dir) / f"{PREFIX}{state.global_step}"
                 if ckpt.is_dir():
                     write_manifest(ckpt)

@@ -17,7 +17,7 @@ from pydantic import Field
 from .. import atomic
 from ..errors import DataValidationError
 from ..params import Section
-from . import backends, checkpoints
+from . import backends, checkpoints, distributed
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,10 @@ def trainer_arguments(params: TrainParams, backend: str, checkpoint_dir: Path) -
         num_train_epochs=params.epochs,
         max_steps=params.max_steps,
         per_device_train_batch_size=params.batch_size,
-        gradient_accumulation_steps=params.grad_accum,
+        # Split across DDP processes, so the effective batch is batch_size x grad_accum at any world size.
+        gradient_accumulation_steps=distributed.per_process_grad_accum(params.grad_accum),
+        # LoRA trains every adapter it holds: no unused parameters for DDP to look for (that search costs a pass).
+        ddp_find_unused_parameters=False,
         learning_rate=params.lr,
         lr_scheduler_type="cosine",
         # transformers 5 dropped warmup_ratio: a float below 1 in warmup_steps is read as the ratio.
@@ -133,16 +136,17 @@ def live_callback(live_dir: Path, resume: bool):
 
     class _LiveCurves(TrainerCallback):
         def __init__(self):
-            self.live = _CurvesOnlyLive(dir=str(live_dir), resume=resume, dvcyaml=None, save_dvc_exp=False,
-                                        report=None)
+            # Rank 0 alone writes the curves (another rank's Live would clean or append to the same files).
+            self.live = (_CurvesOnlyLive(dir=str(live_dir), resume=resume, dvcyaml=None, save_dvc_exp=False,
+                                         report=None) if distributed.is_main() else None)
 
         def on_train_begin(self, args, state, control, **kwargs):
-            if resume and state.is_world_process_zero:
+            if resume and self.live is not None:
                 # Rows past the checkpoint were logged by the interrupted run and are trained again now.
                 drop_curve_rows_after(live_dir, state.global_step)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not logs:
+            if self.live is None or not logs:
                 return
             self.live.step = state.global_step
             for key, value in logs.items():
@@ -152,7 +156,8 @@ def live_callback(live_dir: Path, resume: bool):
             self.live.next_step()
 
         def on_train_end(self, args, state, control, **kwargs):
-            self.live.end()
+            if self.live is not None:
+                self.live.end()
 
     return _LiveCurves()
 
@@ -224,7 +229,11 @@ def run_summary(trainer, result, seconds: float, info: "RunInfo", resume_from: s
         "final_loss": finite(history[-1]["loss"]) if history else None,
         "train_loss": finite(result.training_loss),
         "train_seconds": round(seconds, 3),
-        "tokens_seen": tokens,
+        "tokens_seen": tokens,  # over every DDP process
         "tokens_per_second": round(tokens / max(seconds, 1e-9), 2),
+        "processes": distributed.world_size(),
+        # per-device batch x per-process grad accum x processes = params.yaml's batch_size x grad_accum
+        "effective_batch": trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
+        * distributed.world_size(),
         "peak_memory_gib": round(backends.peak_memory_gib(), 3),
     }

@@ -19,7 +19,7 @@ from pydantic import Field
 from .. import atomic
 from ..errors import DataValidationError, PipelineError
 from ..jsonl import read_jsonl
-from . import backends, checkpoints
+from . import backends, checkpoints, distributed
 from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, finite, first_log, run_summary,
                      save_adapter, trainer_arguments, training_callbacks)
 
@@ -125,7 +125,7 @@ def train_dpo(params: DPOParams, *, model_name: str, backend: str, load_in_4bit:
         "reference": "stage2 adapter (frozen copy)", "data": str(data_path), "records": len(data),
         "params": params.model_dump(mode="json"),
     }
-    resume_from = checkpoints.prepare(paths.checkpoint_dir, checkpoints.run_config(
+    resume_from = checkpoints.prepare_on_all_ranks(paths.checkpoint_dir, checkpoints.run_config(
         stage="stage3", backend=backend, base_model=model_name, revision=revision, load_in_4bit=load_in_4bit,
         params=params.model_dump(mode="json"), inputs=[data_path, stage2_adapter]), restart=restart)
     backends.reset_peak_memory()
@@ -142,9 +142,11 @@ def train_dpo(params: DPOParams, *, model_name: str, backend: str, load_in_4bit:
         stage="stage3", backend=backend, base_model=model_name, init_adapter=str(stage2_adapter)), resume_from)
     check_reference_start(metrics, stage2_adapter, paths.output_dir)
     # Only the trained `default` adapter is the Stage 3 model; TRL's `ref` copy is Stage 2 again.
-    save_adapter(trainer.model, trainer.processing_class, paths.output_dir, resolved)
-    atomic.write_json(paths.metrics_file, metrics)
-    checkpoints.mark_finished(paths.checkpoint_dir, paths.output_dir)
+    if distributed.is_main():  # every rank holds the same weights; one writes
+        save_adapter(trainer.model, trainer.processing_class, paths.output_dir, resolved)
+        atomic.write_json(paths.metrics_file, metrics)
+        checkpoints.mark_finished(paths.checkpoint_dir, paths.output_dir)
+    distributed.barrier()
     return metrics
 
 

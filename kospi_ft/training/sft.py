@@ -22,7 +22,7 @@ from typing import Literal
 from .. import atomic
 from ..errors import DataValidationError
 from ..jsonl import read_jsonl
-from . import backends, checkpoints
+from . import backends, checkpoints, distributed
 from .backends import LoraParams
 from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, run_summary, save_adapter,
                      trainer_arguments, training_callbacks)
@@ -165,7 +165,7 @@ def train_sft(params: SFTParams, *, stage: str, model_name: str, backend: str, l
         "load_in_4bit": load_in_4bit, "init_adapter": None if init_adapter is None else str(init_adapter),
         "data": str(data_path), "records": len(data), "params": params.model_dump(mode="json"),
     }
-    resume_from = checkpoints.prepare(paths.checkpoint_dir, checkpoints.run_config(
+    resume_from = checkpoints.prepare_on_all_ranks(paths.checkpoint_dir, checkpoints.run_config(
         stage=stage, backend=backend, base_model=model_name, revision=revision, load_in_4bit=load_in_4bit,
         params=params.model_dump(mode="json"),
         inputs=[data_path] + ([] if init_adapter is None else [init_adapter])), restart=restart)
@@ -185,9 +185,11 @@ def train_sft(params: SFTParams, *, stage: str, model_name: str, backend: str, l
                    init_adapter=None if init_adapter is None else str(init_adapter))
     metrics = summarize(trainer, result, timer.seconds, params, rows, total_tokens, label_tokens, info,
                         resume_from)
-    save_adapter(trainer.model, trainer.processing_class, paths.output_dir, resolved)
-    atomic.write_json(paths.metrics_file, metrics)
-    checkpoints.mark_finished(paths.checkpoint_dir, paths.output_dir)
+    if distributed.is_main():  # every rank holds the same weights; one writes
+        save_adapter(trainer.model, trainer.processing_class, paths.output_dir, resolved)
+        atomic.write_json(paths.metrics_file, metrics)
+        checkpoints.mark_finished(paths.checkpoint_dir, paths.output_dir)
+    distributed.barrier()
     return metrics
 
 
