@@ -1,5 +1,7 @@
 """Stage `evaluate`: a model answers the held-out eval set; JSON validity, schema, signal range, Korean
-rationale, strategy consistency, latency, tokens/s and ROUGE-L go into one metrics file per model.
+rationale, strategy consistency, latency, tokens/s and ROUGE-L go into one metrics file per model, with the held-out
+likelihood of the reference answers and the preference accuracy/margin on the held-out pairs (one forward per
+answer through transformers + PEFT: kospi_ft.evaluation.likelihood).
 
     python -m stages.evaluate --name stage3                 # -> metrics/eval/stage3.json (the dvc stage)
     python -m stages.evaluate                               # the spec's form: evaluate.base_model vs ft_model
@@ -8,7 +10,9 @@ rationale, strategy consistency, latency, tokens/s and ROUGE-L go into one metri
 
 --name writes the per-model file dvc tracks (numbers only, identical keys for every model). Without --name, the
 two models of --base-model/--ft-model are evaluated and written together with their deltas (ft - base) to
---output (default paths.eval_results). Names resolve per backend (see kospi_ft.evaluation.config).
+--output (default paths.eval_results). Names resolve per backend (see kospi_ft.evaluation.config); the likelihood
+metrics always load the model's HF weights (`hf` resolution: base -> model.name, stageN -> models/stageN's adapter),
+so for a model only Ollama has, pass --no-likelihood (its likelihood keys are then null).
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ from pathlib import Path
 from kospi_ft import atomic, params
 from kospi_ft.errors import ParamsError
 from kospi_ft.evaluation.compare import deltas
+from kospi_ft.errors import PipelineError
+from kospi_ft.evaluation import likelihood
 from kospi_ft.evaluation.config import EvaluateParams, ModelLocator
 from kospi_ft.evaluation.runner import EvalRecord, EvalResult, evaluate, load_eval_set, select
 
@@ -40,6 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, help="evaluate.max_new_tokens")
     p.add_argument("--ollama-url", help="Ollama base URL (evaluate.ollama_url)")
     p.add_argument("--rouge", action=argparse.BooleanOptionalAction, default=None, help="evaluate.rouge")
+    p.add_argument("--likelihood", action=argparse.BooleanOptionalAction, default=None,
+                   help="held-out likelihood + preference metrics through the HF weights (evaluate.likelihood)")
     p.add_argument("--predictions", type=Path, help="also write every reply and its findings to this JSONL")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     params.add_params_flag(p)
@@ -56,14 +64,46 @@ def _run_one(cfg: EvaluateParams, locator: ModelLocator, ref: str, records: list
         backend.close()
 
 
+def _likelihood_preflight(cfg: EvaluateParams, locator: ModelLocator, ref: str) -> None:
+    """Fail before any model runs when `ref` names a model without HF weights (an Ollama model, a GGUF file)."""
+    if not cfg.likelihood or ref == "base" or ref.startswith("stage"):
+        return
+    model, adapter = locator.hf(ref)
+    if adapter is None and not Path(model).is_dir() and (cfg.backend == "ollama" or ref.endswith(".gguf")):
+        raise PipelineError(f"{ref}: the likelihood metrics load the model's HF weights, which a "
+                            f"{'GGUF file' if ref.endswith('.gguf') else 'model served by Ollama'} does not give; "
+                            f"pass --no-likelihood, or name a pipeline model (base, stage2, stage3)")
+
+
+def _likelihood(cfg: EvaluateParams, locator: ModelLocator, ref: str, records: list[EvalRecord],
+                pairs: list[likelihood.HeldOutPair], progress: bool) -> dict:
+    """The likelihood blocks of model `ref` (null values when evaluate.likelihood is off)."""
+    if not cfg.likelihood:
+        return likelihood.empty_blocks()
+    model, adapter = locator.hf(ref)
+    try:
+        scorer = likelihood.LikelihoodScorer(model, adapter=adapter)
+    except PipelineError as err:
+        raise PipelineError(f"{err} (the likelihood metrics load the model's HF weights; for a model only the "
+                            f"{cfg.backend} backend has, pass --no-likelihood)") from None
+    logger.info("likelihood metrics of %s on %s: %d answers, %d pairs", ref, scorer.description, len(records),
+                len(pairs))
+    return likelihood.score_model(scorer, records, pairs, progress=progress, desc=f"likelihood {ref}")
+
+
 def _summary(name: str, m: dict) -> str:
     def pct(v):
         return "n/a" if v is None else f"{v:.0%}"
 
+    def num(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
     return (f"{name}: json {pct(m['json']['valid_rate'])} (unwrapped {pct(m['json']['unwrapped_rate'])}), "
             f"schema {pct(m['schema']['compliance_rate'])}, signal {pct(m['signal']['in_range_rate'])}, "
             f"korean {pct(m['korean']['rationale_rate'])}, strategy {pct(m['strategy']['consistency_rate'])}, "
-            f"latency p50 {m['latency']['p50_s']}s, {m['throughput']['gen_tokens_per_s']} tok/s")
+            f"latency p50 {m['latency']['p50_s']}s, {m['throughput']['gen_tokens_per_s']} tok/s, "
+            f"answer nll {num(m['likelihood']['answer_nll'])}, preference accuracy "
+            f"{pct(m['preference']['accuracy'])} margin {num(m['preference']['margin_mean'])}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,18 +111,26 @@ def main(argv: list[str] | None = None) -> None:
     raw = params.read_raw(args.params)
     cfg = params.load("evaluate", EvaluateParams, raw=raw, overrides={
         "backend": args.backend, "n_samples": args.n_samples, "max_new_tokens": args.max_new_tokens,
-        "ollama_url": args.ollama_url, "rouge": args.rouge, "base_model": args.base_model,
-        "ft_model": args.ft_model})
+        "ollama_url": args.ollama_url, "rouge": args.rouge, "likelihood": args.likelihood,
+        "base_model": args.base_model, "ft_model": args.ft_model})
     paths = params.load_paths(raw=raw)
     locator = ModelLocator.from_params(raw)
     if args.name and (args.base_model or args.ft_model):
         raise ParamsError("--name evaluates one model; it cannot be combined with --base-model/--ft-model")
-    records = select(load_eval_set(paths.eval_set), cfg.n_samples)
+    held_out = load_eval_set(paths.eval_set)
+    records = select(held_out, cfg.n_samples)
+    pairs = likelihood.load_pairs(paths.eval_pairs) if cfg.likelihood else []
     progress = not args.no_progress
     logger.info("%d eval records from %s, backend %s", len(records), paths.eval_set, cfg.backend)
 
+    def run_one(ref: str) -> EvalResult:
+        result = _run_one(cfg, locator, ref, records, progress)
+        result.metrics = likelihood.merge(result.metrics, _likelihood(cfg, locator, ref, held_out, pairs, progress))
+        return result
+
     if args.name:
-        result = _run_one(cfg, locator, args.name, records, progress)
+        _likelihood_preflight(cfg, locator, args.name)
+        result = run_one(args.name)
         atomic.write_json(args.output or paths.eval_dir / f"{args.name}.json", result.metrics)
         if args.predictions:
             atomic.write_jsonl(args.predictions, result.predictions(records))
@@ -91,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
 
     for ref in (cfg.base_model, cfg.ft_model):
         locator.preflight(cfg, ref)
-    results = {role: (ref, _run_one(cfg, locator, ref, records, progress))
+        _likelihood_preflight(cfg, locator, ref)
+    results = {role: (ref, run_one(ref))
                for role, ref in (("base", cfg.base_model), ("ft", cfg.ft_model))}
     report = {role: {"model": ref, "backend": cfg.backend, "metrics": r.metrics} for role, (ref, r) in results.items()}
     report["delta"] = deltas(results["base"][1].metrics, results["ft"][1].metrics)

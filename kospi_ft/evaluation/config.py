@@ -32,6 +32,9 @@ class EvaluateParams(Section):
     n_samples: int | None = Field(12, ge=1)     # records per model (round-robin over tasks); null = all
     max_new_tokens: int = Field(96, ge=1)
     rouge: bool = True                          # ROUGE-L vs the reference answer
+    # Held-out likelihood (every eval record's reference answer) and preference accuracy/margin (paths.eval_pairs)
+    # through transformers + PEFT on the model's weights, whatever `backend` generates with (evaluation.likelihood).
+    likelihood: bool = True
     korean_threshold: float = Field(0.5, ge=0.0, le=1.0)  # Hangul share for a rationale to count as Korean
     ollama_url: str = "http://localhost:11434"
     n_ctx: int = Field(4096, ge=256)            # llama.cpp context window (prompt + reply)
