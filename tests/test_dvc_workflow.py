@@ -7,6 +7,7 @@ remote and an SSH remote, corruption detection on pull, and plots. Tests depend 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -85,8 +86,8 @@ def _eval_metrics(clone: Path) -> dict[str, dict]:
 def test_the_embedded_default_shows_learning(work):
     """The likelihood metrics on the held-out set: Stage 2 fits the answers better than the base, DPO separates
     chosen from rejected answers better than Stage 2. Seen on 2 cores: answer NLL 12.03 (base) -> 11.37 (Stage 2);
-    preference margin 0.0070 -> 0.0130 and accuracy 0.625 -> 0.75 (Stage 2 -> 3); over DPO seeds 42, 7, 11, 3 the
-    Stage 3 margin was 0.013-0.028 and the accuracy 0.75-0.83."""
+    preference margin 0.0070 -> 0.0123 and accuracy 0.625 -> 0.667 (Stage 2 -> 3). Over DPO seeds 42, 7, 11, 3
+    the margin gain was +0.005 to +0.018, the accuracy gain 0 to +0.21, and TRL's held-out reward margin positive."""
     ev = _eval_metrics(work["clone"])
     nll = {n: m["likelihood"]["answer_nll"] for n, m in ev.items()}
     assert nll["stage2"] < nll["base"] - 0.2, nll
@@ -100,10 +101,9 @@ def test_the_embedded_default_shows_learning(work):
         summary = json.loads((train / f"{stage}.json").read_text())
         rows = (train / stage / "plots" / "metrics" / "eval" / "loss.tsv").read_text().splitlines()[1:]
         assert len(rows) >= 2 and float(rows[-1].split("\t")[1]) == summary["eval_loss"], (stage, rows)
-    # TRL's own held-out numbers (summed log-ratios against the Stage 2 reference, on eval_samples pairs) are logged;
-    # after 6 steps of one pair each their sign depends on the seed, so only their presence is checked.
+    # TRL's own held-out numbers: summed log-ratios against the Stage 2 reference, on the first eval_samples pairs.
     stage3 = json.loads((train / "stage3.json").read_text())
-    assert all(isinstance(stage3[k], float) for k in ("eval_reward_margin", "eval_reward_accuracy")), stage3
+    assert stage3["eval_reward_margin"] > 0 and stage3["eval_loss"] < math.log(2), stage3
 
 
 def test_held_out_pairs_share_no_prompt_with_the_training_pairs(work):
