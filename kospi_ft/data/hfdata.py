@@ -461,37 +461,36 @@ def build(tables: Mapping[str, Table], ratios: Mapping[str, float], total_sample
     missing = [s.key for s in specs if s.key not in tables]
     if missing:
         raise PipelineError(f"no loaded data for datasets with a positive ratio: {missing}")
-    quotas = allocate(total_samples, {s.key: ratios[s.key] for s in specs})
     walkers = {s.key: _Walker(s, tables[s.key], np.random.default_rng([seed, KEYS.index(s.key)])
                               .permutation(len(tables[s.key]))) for s in specs}
     seen: set = set()
-    filled = Counter()
+
+    def select(total: int, progress=None) -> tuple[dict[str, int], Counter]:
+        """`total` more rows from the walkers, split by the ratios; with fill_shortfall the datasets that still have
+        rows fill the others' shortfall. Returns (quota per dataset, rows each took for the others)."""
+        start = {s.key: len(walkers[s.key].kept) for s in specs}
+
+        def still_missing() -> int:
+            return total - sum(len(walkers[s.key].kept) - start[s.key] for s in specs)
+
+        quotas = allocate(total, {s.key: ratios[s.key] for s in specs})
+        for s in specs:
+            walkers[s.key].take(quotas[s.key], seen, max_seq_length, token_lengths, progress)
+        filled = Counter()
+        while fill_shortfall and still_missing() > 0:
+            open_ = [s for s in specs if not walkers[s.key].exhausted]
+            if not open_:
+                break
+            extra = allocate(still_missing(), {s.key: ratios[s.key] for s in open_})
+            for s in open_:
+                filled[s.key] += walkers[s.key].take(extra[s.key], seen, max_seq_length, token_lengths, progress)
+        return quotas, filled
+
     progress = tqdm(total=total_samples, desc="stage1_data", unit="row", disable=not show_progress)
-    for s in specs:
-        walkers[s.key].take(quotas[s.key], seen, max_seq_length, token_lengths, progress)
-    deficit = total_samples - sum(len(w.kept) for w in walkers.values())
-    while fill_shortfall and deficit > 0:
-        open_ = [s for s in specs if not walkers[s.key].exhausted]
-        if not open_:
-            break
-        extra = allocate(deficit, {s.key: ratios[s.key] for s in open_})
-        for s in open_:
-            filled[s.key] += walkers[s.key].take(extra[s.key], seen, max_seq_length, token_lengths, progress)
-        deficit = total_samples - sum(len(w.kept) for w in walkers.values())
+    quotas, filled = select(total_samples, progress)
     progress.close()
     n_train = {s.key: len(walkers[s.key].kept) for s in specs}
-    eval_quotas = allocate(eval_samples, {s.key: ratios[s.key] for s in specs})
-    for s in specs:
-        walkers[s.key].take(eval_quotas[s.key], seen, max_seq_length, token_lengths)
-    deficit = eval_samples - sum(len(w.kept) - n_train[k] for k, w in walkers.items())
-    while fill_shortfall and deficit > 0:
-        open_ = [s for s in specs if not walkers[s.key].exhausted]
-        if not open_:
-            break
-        extra = allocate(deficit, {s.key: ratios[s.key] for s in open_})
-        for s in open_:
-            walkers[s.key].take(extra[s.key], seen, max_seq_length, token_lengths)
-        deficit = eval_samples - sum(len(w.kept) - n_train[k] for k, w in walkers.items())
+    select(eval_samples)
 
     records = [r for s in specs for r in walkers[s.key].kept[:n_train[s.key]]]
     order = np.random.default_rng(seed).permutation(len(records))

@@ -41,7 +41,7 @@ class TrainParams(Section):
     seed: int = 42
     resume: bool = False  # continue from the newest checkpoint of the same config
     # The held-out split is scored every eval_steps optimizer steps and after the last one (eval_loss; DPO: eval
-    # rewards/accuracies/margins). Each pass is a forward over the whole split: embedded Stage 2, ~15 s on 2 cores.
+    # rewards/accuracies/margins): a forward per record, see eval_samples.
     eval_steps: int = Field(500, gt=0)
     # Records (DPO: pairs) of the held-out split each evaluation scores, the first N in file order; null = all.
     # Each one is a forward pass (DPO: two answers, policy and reference), so the embedded preset scores a slice.
