@@ -11,8 +11,9 @@ answer through transformers + PEFT: kospi_ft.evaluation.likelihood).
 --name writes the per-model file dvc tracks (numbers only, identical keys for every model). Without --name, the
 two models of --base-model/--ft-model are evaluated and written together with their deltas (ft - base) to
 --output (default paths.eval_results). Names resolve per backend (see kospi_ft.evaluation.config); the likelihood
-metrics always load the model's HF weights (`hf` resolution: base -> model.name, stageN -> models/stageN's adapter),
-so for a model only Ollama has, pass --no-likelihood (its likelihood keys are then null).
+metrics always load the model's HF weights (`hf` resolution: base -> model.name, stageN -> models/stageN's adapter).
+A model only Ollama has (or a .gguf path) has none: its likelihood keys are null, with a warning (an error with
+--likelihood); --no-likelihood skips them for every model.
 """
 from __future__ import annotations
 
@@ -21,10 +22,9 @@ import logging
 from pathlib import Path
 
 from kospi_ft import atomic, params
-from kospi_ft.errors import ParamsError
-from kospi_ft.evaluation.compare import deltas
-from kospi_ft.errors import PipelineError
+from kospi_ft.errors import ParamsError, PipelineError
 from kospi_ft.evaluation import likelihood
+from kospi_ft.evaluation.compare import deltas
 from kospi_ft.evaluation.config import EvaluateParams, ModelLocator
 from kospi_ft.evaluation.runner import EvalRecord, EvalResult, evaluate, load_eval_set, select
 
@@ -64,28 +64,34 @@ def _run_one(cfg: EvaluateParams, locator: ModelLocator, ref: str, records: list
         backend.close()
 
 
-def _likelihood_preflight(cfg: EvaluateParams, locator: ModelLocator, ref: str) -> None:
-    """Fail before any model runs when `ref` names a model without HF weights (an Ollama model, a GGUF file)."""
-    if not cfg.likelihood or ref == "base" or ref.startswith("stage"):
-        return
+def _has_hf_weights(cfg: EvaluateParams, locator: ModelLocator, ref: str) -> bool:
+    """False when `ref` names a model the likelihood metrics cannot load: an Ollama model or a GGUF file."""
+    if ref == "base" or ref.startswith("stage"):
+        return True  # the pipeline's models: models/base and its adapters (or model.name)
     model, adapter = locator.hf(ref)
-    if adapter is None and not Path(model).is_dir() and (cfg.backend == "ollama" or ref.endswith(".gguf")):
-        raise PipelineError(f"{ref}: the likelihood metrics load the model's HF weights, which a "
-                            f"{'GGUF file' if ref.endswith('.gguf') else 'model served by Ollama'} does not give; "
-                            f"pass --no-likelihood, or name a pipeline model (base, stage2, stage3)")
+    return adapter is not None or Path(model).is_dir() or not (cfg.backend == "ollama" or ref.endswith(".gguf"))
 
 
-def _likelihood(cfg: EvaluateParams, locator: ModelLocator, ref: str, records: list[EvalRecord],
-                pairs: list[likelihood.HeldOutPair], progress: bool) -> dict:
-    """The likelihood blocks of model `ref` (null values when evaluate.likelihood is off)."""
+def _likelihood_models(cfg: EvaluateParams, locator: ModelLocator, refs: list[str], asked: bool) -> set[str]:
+    """The models whose likelihood metrics are computed. A model without HF weights gets null values and a
+    warning, or, when --likelihood was given, an error before any model runs."""
     if not cfg.likelihood:
-        return likelihood.empty_blocks()
+        return set()
+    without = [ref for ref in refs if not _has_hf_weights(cfg, locator, ref)]
+    if without and asked:
+        raise PipelineError(f"{', '.join(without)}: --likelihood needs the model's HF weights, which a model "
+                            f"served by Ollama or a GGUF file does not give; name a pipeline model (base, stage2, "
+                            f"stage3) or an HF model dir")
+    for ref in without:
+        logger.warning("%s: no HF weights to score the held-out answers with; its likelihood metrics are null", ref)
+    return set(refs) - set(without)
+
+
+def _likelihood(ref: str, locator: ModelLocator, records: list[EvalRecord], pairs: list[likelihood.HeldOutPair],
+                progress: bool) -> dict:
+    """The likelihood blocks of model `ref`, scored on its HF weights."""
     model, adapter = locator.hf(ref)
-    try:
-        scorer = likelihood.LikelihoodScorer(model, adapter=adapter)
-    except PipelineError as err:
-        raise PipelineError(f"{err} (the likelihood metrics load the model's HF weights; for a model only the "
-                            f"{cfg.backend} backend has, pass --no-likelihood)") from None
+    scorer = likelihood.LikelihoodScorer(model, adapter=adapter)
     logger.info("likelihood metrics of %s on %s: %d answers, %d pairs", ref, scorer.description, len(records),
                 len(pairs))
     return likelihood.score_model(scorer, records, pairs, progress=progress, desc=f"likelihood {ref}")
@@ -123,13 +129,19 @@ def main(argv: list[str] | None = None) -> None:
     progress = not args.no_progress
     logger.info("%d eval records from %s, backend %s", len(records), paths.eval_set, cfg.backend)
 
+    refs = [args.name] if args.name else [cfg.base_model, cfg.ft_model]
+    if not args.name:
+        for ref in refs:
+            locator.preflight(cfg, ref)
+    scored = _likelihood_models(cfg, locator, refs, asked=args.likelihood is True)
+
     def run_one(ref: str) -> EvalResult:
         result = _run_one(cfg, locator, ref, records, progress)
-        result.metrics = likelihood.merge(result.metrics, _likelihood(cfg, locator, ref, held_out, pairs, progress))
+        blocks = _likelihood(ref, locator, held_out, pairs, progress) if ref in scored else likelihood.empty_blocks()
+        result.metrics = likelihood.merge(result.metrics, blocks)
         return result
 
     if args.name:
-        _likelihood_preflight(cfg, locator, args.name)
         result = run_one(args.name)
         atomic.write_json(args.output or paths.eval_dir / f"{args.name}.json", result.metrics)
         if args.predictions:
@@ -137,11 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         print(_summary(args.name, result.metrics))
         return
 
-    for ref in (cfg.base_model, cfg.ft_model):
-        locator.preflight(cfg, ref)
-        _likelihood_preflight(cfg, locator, ref)
-    results = {role: (ref, run_one(ref))
-               for role, ref in (("base", cfg.base_model), ("ft", cfg.ft_model))}
+    results = {role: (ref, run_one(ref)) for role, ref in (("base", cfg.base_model), ("ft", cfg.ft_model))}
     report = {role: {"model": ref, "backend": cfg.backend, "metrics": r.metrics} for role, (ref, r) in results.items()}
     report["delta"] = deltas(results["base"][1].metrics, results["ft"][1].metrics)
     atomic.write_json(args.output or paths.eval_results, report)

@@ -436,7 +436,7 @@ def _random_adapter(base_dir: Path, out: Path, seed: int) -> Path:
 
 
 def test_evaluate_and_compare_stages_end_to_end(tmp_path, monkeypatch, project_root, reference, ollama_server,
-                                                 tiny_hf):
+                                                 tiny_hf, caplog):
     """Both stages through their CLIs on a temp project: three models' replies served by the fake Ollama, their
     likelihood metrics computed on HF weights (a tiny base and two adapters) for the held-out answers and pairs."""
     import numpy as np
@@ -499,17 +499,22 @@ def test_evaluate_and_compare_stages_end_to_end(tmp_path, monkeypatch, project_r
     assert [r["model"] for r in rows] == ["base", "stage2", "stage3"]
     assert [r["answer_nll"] for r in rows] == [nll[n] for n in ("base", "stage2", "stage3")]
 
-    # The spec's form: two models and their deltas in one file. A model only Ollama has has no HF weights.
+    # The spec's form: two models and their deltas in one file. A model only Ollama has has no HF weights: its
+    # likelihood keys are null (asked for with --likelihood, that is an error before any model runs).
     spec_form = ["--base-model", "stage2", "--ft-model", "qwen2.5-kospi-ft-s3", "--n-samples", "2",
                  "--output", "out.json", "--predictions", "pred.jsonl", "--no-progress"]
     sent_before = len(ollama_server.requests)
-    with pytest.raises(PipelineError, match="qwen2.5-kospi-ft-s3: the likelihood .* served by Ollama.*--no-likelihood"):
+    with pytest.raises(PipelineError, match="qwen2.5-kospi-ft-s3: --likelihood needs the model's HF weights"):
+        evaluate_stage.main([*spec_form, "--likelihood"])
+    assert len(ollama_server.requests) == sent_before
+    with caplog.at_level("WARNING"):
         evaluate_stage.main(spec_form)
-    assert len(ollama_server.requests) == sent_before  # refused before any model ran
-    evaluate_stage.main([*spec_form, "--no-likelihood"])
+    assert "qwen2.5-kospi-ft-s3: no HF weights" in caplog.text
     report = json.loads(Path("out.json").read_text())
     assert report["base"]["model"] == "stage2" and report["ft"]["model"] == "qwen2.5-kospi-ft-s3"
     assert report["delta"]["json"]["direct_rate"] == 1.0
+    assert report["base"]["metrics"]["likelihood"] == files["stage2"]["likelihood"] | {
+        "seconds": report["base"]["metrics"]["likelihood"]["seconds"]}
     assert report["ft"]["metrics"]["likelihood"]["answer_nll"] is None  # same keys, nothing measured
     assert list(flatten(report["ft"]["metrics"])) == list(flatten(files["stage3"]))
     assert len(Path("pred.jsonl").read_text().splitlines()) == 4
