@@ -33,6 +33,8 @@ from typing import Any, Iterable, Sequence
 from tqdm.auto import tqdm
 
 from ..data.dpo_pairs import REJECTION_SHARES
+from ..errors import DataValidationError
+from ..jsonl import read_jsonl
 from ..schema import TaskType
 from .backends import Message, load_hf_model
 from .runner import EvalRecord
@@ -154,9 +156,6 @@ class LikelihoodScorer:
 
 def load_pairs(path: Path) -> list[HeldOutPair]:
     """The held-out pairs file (the dpo_pairs stage's TRL conversational format)."""
-    from ..errors import DataValidationError
-    from ..jsonl import read_jsonl
-
     out = []
     for n, row in read_jsonl(path, what="held-out pairs", hint="run the dpo_pairs stage: `dvc repro dpo_pairs`",
                              missing=DataValidationError):
