@@ -39,6 +39,7 @@ class Paths(Section):
     regime_plot: Path
     stage1_fixtures: Path
     stage1_data: Path
+    stage1_eval: Path
     stage1_stats: Path
     synthetic: Path
     eval_set: Path
@@ -48,6 +49,7 @@ class Paths(Section):
     logs_eval: Path
     stage2_data_stats: Path
     dpo_pairs: Path
+    eval_pairs: Path
     models_dir: Path
     metrics_dir: Path
     checkpoints_dir: Path

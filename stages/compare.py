@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> None:
             return "n/a" if v is None else f"{v:+.3f}"
 
         print(f"{pair}: json {fmt(d['json']['valid_rate'])}, schema {fmt(d['schema']['compliance_rate'])}, "
-              f"strategy {fmt(d['strategy']['consistency_rate'])}, korean {fmt(d['korean']['rationale_rate'])}")
+              f"strategy {fmt(d['strategy']['consistency_rate'])}, korean {fmt(d['korean']['rationale_rate'])}, "
+              f"answer nll {fmt(d['likelihood']['answer_nll'])}, preference accuracy "
+              f"{fmt(d['preference']['accuracy'])} margin {fmt(d['preference']['margin_mean'])}")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
     python -m stages.dpo [--beta X --epochs N --lr X --batch-size N --max-seq-length N] [--restart]
 
-Flags override params.yaml `dpo`. Reads paths.dpo_pairs and models/stage2; writes models/stage3 (the trained
-adapter only, with tokenizer + resolved_config.json), metrics/train/stage3.json (including the step-0 loss, ln 2
-when the reference is right) and dvclive curves (loss, rewards/chosen, rewards/rejected, margins, accuracy).
+Flags override params.yaml `dpo`. Reads paths.dpo_pairs, paths.eval_pairs (held out) and models/stage2; writes
+models/stage3 (the trained adapter only, with tokenizer + resolved_config.json), metrics/train/stage3.json
+(including the step-0 loss, ln 2 when the reference is right, and the held-out eval rewards) and dvclive curves
+(loss, rewards/chosen, rewards/rejected, margins, accuracy; eval/ the same on the held-out pairs).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     backend = backends.prepare_backend(model.backend, allow_cpu=model.allow_cpu, strict=presets.is_real(raw))
     base = resolve_base(model, paths.models_dir)
     metrics = train_dpo(cfg, model_name=base.name, revision=base.revision, backend=backend,
-                        load_in_4bit=model.load_in_4bit, data_path=paths.dpo_pairs,
+                        load_in_4bit=model.load_in_4bit, data_path=paths.dpo_pairs, eval_path=paths.eval_pairs,
                         stage2_adapter=paths.models_dir / "stage2", paths=run_paths(paths, "stage3"),
                         restart=args.restart)
     log.info("stage3 done: %s", metrics)

@@ -1,6 +1,8 @@
 """Stage `dpo_pairs`: Stage-3 DPO preference pairs (paths.dpo_pairs) from the Stage-2 SFT set
 (paths.synthetic): chosen = the SFT answer, rejected = the same answer broken by one of strategy_violation 30%,
-quality_degradation 30%, schema_violation 20%, hallucination 20% (TRL conversational format).
+quality_degradation 30%, schema_violation 20%, hallucination 20% (TRL conversational format). The held-out
+pairs (paths.eval_pairs, dpo_pairs.eval_count) come from the held-out eval set (paths.eval_set) the same way: Stage
+3's eval split and the evaluate stage's preference metrics. They never carry model rejects.
 
     python -m stages.dpo_pairs --count 2000 --input data/synthetic/train.jsonl --output data/dpo/pairs.jsonl
 
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from kospi_ft import atomic, params
 from kospi_ft.data.dpo_pairs import (
-    DpoPairsParams, ModelRejectStats, collect_model_rejects, combine, model_reject_target,
+    DpoPairsParams, ModelRejectStats, collect_model_rejects, combine, make_pairs, model_reject_target,
 )
 from kospi_ft.jsonl import read_jsonl
 
@@ -40,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, help="pairs to write (params: dpo_pairs.count)")
     p.add_argument("--input", help="SFT JSONL (default: paths.synthetic)")
     p.add_argument("--output", help="pairs JSONL (default: paths.dpo_pairs)")
+    p.add_argument("--eval-count", type=int, help="held-out pairs to write (params: dpo_pairs.eval_count)")
+    p.add_argument("--eval-input", help="held-out eval set JSONL (default: paths.eval_set)")
+    p.add_argument("--eval-output", help="held-out pairs JSONL (default: paths.eval_pairs)")
     p.add_argument("--seed", type=int, help="sampling seed")
     p.add_argument("--collect-model-rejects", action=argparse.BooleanOptionalAction, default=None,
                    help="also sample the Stage-2 model for rejected answers (dpo_pairs.collect_model_rejects)")
@@ -59,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args, raw, paths = params.parse_stage_args(build_parser(), argv)
     cfg = params.load("dpo_pairs", DpoPairsParams, raw=raw, overrides={
-        "count": args.count, "seed": args.seed, "collect_model_rejects": args.collect_model_rejects,
+        "count": args.count, "eval_count": args.eval_count, "seed": args.seed,
+        "collect_model_rejects": args.collect_model_rejects,
         "model": args.model, "model_reject_ratio": args.model_reject_ratio, "backend": args.backend,
         "temperature": args.temperature})
     progress = not args.no_progress
@@ -72,6 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     pairs = combine(model_pairs, records, cfg.count, seed=cfg.seed, progress=progress, source=str(source))
     atomic.write_jsonl(args.output or paths.dpo_pairs, pairs)
     log.info("%d pairs: %s", len(pairs), dict(collections.Counter(p["rejection_type"] for p in pairs)))
+    held_out_source = Path(args.eval_input or paths.eval_set)
+    eval_records = [r for _, r in read_jsonl(held_out_source, what="eval set", hint="run `dvc repro synthesize`")]
+    held_out = make_pairs(eval_records, cfg.eval_count, seed=cfg.seed, source=str(held_out_source))
+    atomic.write_jsonl(args.eval_output or paths.eval_pairs, held_out)
+    log.info("%d held-out pairs from %s: %s", len(held_out), held_out_source,
+             dict(collections.Counter(p["rejection_type"] for p in held_out)))
 
 
 def sample_model_rejects(cfg: DpoPairsParams, raw: dict, records: list[dict], ollama_url: str | None,

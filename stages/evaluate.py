@@ -1,5 +1,7 @@
 """Stage `evaluate`: a model answers the held-out eval set; JSON validity, schema, signal range, Korean
-rationale, strategy consistency, latency, tokens/s and ROUGE-L go into one metrics file per model.
+rationale, strategy consistency, latency, tokens/s and ROUGE-L go into one metrics file per model, with the held-out
+likelihood of the reference answers and the preference accuracy/margin on the held-out pairs (one forward per
+answer through transformers + PEFT: kospi_ft.evaluation.likelihood).
 
     python -m stages.evaluate --name stage3                 # -> metrics/eval/stage3.json (the dvc stage)
     python -m stages.evaluate                               # the spec's form: evaluate.base_model vs ft_model
@@ -9,9 +11,12 @@ rationale, strategy consistency, latency, tokens/s and ROUGE-L go into one metri
 
 --name writes the per-model file dvc tracks (numbers only, identical keys for every model). Without --name, the
 two models of --base-model/--ft-model are evaluated and written together with their deltas (ft - base) to
---output (default paths.eval_results). Names resolve per backend (see kospi_ft.evaluation.config). --eval-set scores
-another file of the eval-set format, e.g. your held-out reasoning logs (paths.logs_eval), whose ROUGE-L is against
-each line's reasoning text.
+--output (default paths.eval_results). Names resolve per backend (see kospi_ft.evaluation.config); the likelihood
+metrics always load the model's HF weights (`hf` resolution: base -> model.name, stageN -> models/stageN's adapter).
+A model only Ollama has (or a .gguf path) has none: its likelihood keys are null, with a warning (an error with
+--likelihood); --no-likelihood skips them for every model. --eval-set scores another file of the eval-set format,
+e.g. your held-out reasoning logs (paths.logs_eval), whose ROUGE-L is against each line's reasoning text (the
+preference metrics then are left out: the held-out pairs belong to paths.eval_set).
 """
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ import logging
 from pathlib import Path
 
 from kospi_ft import atomic, params
-from kospi_ft.errors import ParamsError
+from kospi_ft.errors import ParamsError, PipelineError
+from kospi_ft.evaluation import likelihood
 from kospi_ft.evaluation.compare import deltas
 from kospi_ft.evaluation.config import EvaluateParams, ModelLocator
 from kospi_ft.evaluation.runner import EvalRecord, EvalResult, evaluate, load_eval_set, select
@@ -46,6 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="llama.cpp threads, 0 = all cores (evaluate.threads)")
     p.add_argument("--rouge", action=argparse.BooleanOptionalAction, default=None, help="evaluate.rouge")
     p.add_argument("--eval-set", type=Path, help="records to answer (default: paths.eval_set); e.g. paths.logs_eval")
+    p.add_argument("--likelihood", action=argparse.BooleanOptionalAction, default=None,
+                   help="held-out likelihood + preference metrics through the HF weights (evaluate.likelihood)")
     p.add_argument("--predictions", type=Path, help="also write every reply and its findings to this JSONL")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     params.add_params_flag(p)
@@ -62,14 +70,52 @@ def _run_one(cfg: EvaluateParams, locator: ModelLocator, ref: str, records: list
         backend.close()
 
 
+def _has_hf_weights(cfg: EvaluateParams, locator: ModelLocator, ref: str) -> bool:
+    """False when `ref` names a model the likelihood metrics cannot load: an Ollama model or a GGUF file."""
+    if ref == "base" or ref.startswith("stage"):
+        return True  # the pipeline's models: models/base and its adapters (or model.name)
+    model, adapter = locator.hf(ref)
+    return adapter is not None or Path(model).is_dir() or not (cfg.backend == "ollama" or ref.endswith(".gguf"))
+
+
+def _likelihood_models(cfg: EvaluateParams, locator: ModelLocator, refs: list[str], asked: bool) -> set[str]:
+    """The models whose likelihood metrics are computed. A model without HF weights gets null values and a
+    warning, or, when --likelihood was given, an error before any model runs."""
+    if not cfg.likelihood:
+        return set()
+    without = [ref for ref in refs if not _has_hf_weights(cfg, locator, ref)]
+    if without and asked:
+        raise PipelineError(f"{', '.join(without)}: --likelihood needs the model's HF weights, which a model "
+                            f"served by Ollama or a GGUF file does not give; name a pipeline model (base, stage2, "
+                            f"stage3) or an HF model dir")
+    for ref in without:
+        logger.warning("%s: no HF weights to score the held-out answers with; its likelihood metrics are null", ref)
+    return set(refs) - set(without)
+
+
+def _likelihood(ref: str, locator: ModelLocator, records: list[EvalRecord], pairs: list[likelihood.HeldOutPair],
+                progress: bool) -> dict:
+    """The likelihood blocks of model `ref`, scored on its HF weights."""
+    model, adapter, revision = locator.hf_pinned(ref)
+    scorer = likelihood.LikelihoodScorer(model, adapter=adapter, revision=revision)
+    logger.info("likelihood metrics of %s on %s: %d answers, %d pairs", ref, scorer.description, len(records),
+                len(pairs))
+    return likelihood.score_model(scorer, records, pairs, progress=progress, desc=f"likelihood {ref}")
+
+
 def _summary(name: str, m: dict) -> str:
     def pct(v):
         return "n/a" if v is None else f"{v:.0%}"
 
+    def num(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
     return (f"{name}: json {pct(m['json']['valid_rate'])} (unwrapped {pct(m['json']['unwrapped_rate'])}), "
             f"schema {pct(m['schema']['compliance_rate'])}, signal {pct(m['signal']['in_range_rate'])}, "
             f"korean {pct(m['korean']['rationale_rate'])}, strategy {pct(m['strategy']['consistency_rate'])}, "
-            f"latency p50 {m['latency']['p50_s']}s, {m['throughput']['gen_tokens_per_s']} tok/s")
+            f"latency p50 {m['latency']['p50_s']}s, {m['throughput']['gen_tokens_per_s']} tok/s, "
+            f"answer nll {num(m['likelihood']['answer_nll'])}, preference accuracy "
+            f"{pct(m['preference']['accuracy'])} margin {num(m['preference']['margin_mean'])}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,8 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     raw = params.read_raw(args.params)
     cfg = params.load("evaluate", EvaluateParams, raw=raw, overrides={
         "backend": args.backend, "n_samples": args.n_samples, "max_new_tokens": args.max_new_tokens,
-        "ollama_url": args.ollama_url, "rouge": args.rouge, "base_model": args.base_model,
-        "ft_model": args.ft_model, "gpu_layers": args.gpu_layers, "threads": args.threads})
+        "ollama_url": args.ollama_url, "rouge": args.rouge, "likelihood": args.likelihood,
+        "base_model": args.base_model, "ft_model": args.ft_model, "gpu_layers": args.gpu_layers,
+        "threads": args.threads})
     paths = params.load_paths(raw=raw)
     locator = ModelLocator.from_params(raw)
     if args.name and (args.base_model or args.ft_model):
@@ -87,22 +134,33 @@ def main(argv: list[str] | None = None) -> None:
         raise ParamsError(f"--eval-set with --name needs --output: {paths.eval_dir}/{args.name}.json is the DVC "
                           f"stage's metrics file for the eval set")
     eval_set = args.eval_set or paths.eval_set
-    records = select(load_eval_set(eval_set), cfg.n_samples)
+    held_out = load_eval_set(eval_set)
+    records = select(held_out, cfg.n_samples)
+    pairs = likelihood.load_pairs(paths.eval_pairs) if cfg.likelihood and args.eval_set is None else []
     progress = not args.no_progress
     logger.info("%d eval records from %s, backend %s", len(records), eval_set, cfg.backend)
 
+    refs = [args.name] if args.name else [cfg.base_model, cfg.ft_model]
+    if not args.name:
+        for ref in refs:
+            locator.preflight(cfg, ref)
+    scored = _likelihood_models(cfg, locator, refs, asked=args.likelihood is True)
+
+    def run_one(ref: str) -> EvalResult:
+        result = _run_one(cfg, locator, ref, records, progress)
+        blocks = _likelihood(ref, locator, held_out, pairs, progress) if ref in scored else likelihood.empty_blocks()
+        result.metrics = likelihood.merge(result.metrics, blocks)
+        return result
+
     if args.name:
-        result = _run_one(cfg, locator, args.name, records, progress)
+        result = run_one(args.name)
         atomic.write_json(args.output or paths.eval_dir / f"{args.name}.json", result.metrics)
         if args.predictions:
             atomic.write_jsonl(args.predictions, result.predictions(records))
         print(_summary(args.name, result.metrics))
         return
 
-    for ref in (cfg.base_model, cfg.ft_model):
-        locator.preflight(cfg, ref)
-    results = {role: (ref, _run_one(cfg, locator, ref, records, progress))
-               for role, ref in (("base", cfg.base_model), ("ft", cfg.ft_model))}
+    results = {role: (ref, run_one(ref)) for role, ref in (("base", cfg.base_model), ("ft", cfg.ft_model))}
     report = {role: {"model": ref, "backend": cfg.backend, "metrics": r.metrics} for role, (ref, r) in results.items()}
     report["delta"] = deltas(results["base"][1].metrics, results["ft"][1].metrics)
     atomic.write_json(args.output or paths.eval_results, report)

@@ -6,9 +6,10 @@
 A rerun after an interruption resumes from the newest complete checkpoint of the same run
 (checkpoints/<stage>); --restart starts over (the old checkpoints are moved aside, not deleted).
 
-Flags override params.yaml `stage1` / `stage2`. Stage 1 trains on paths.stage1_data, Stage 2 on paths.stage2_data,
-continuing the Stage 1 adapter (or the base with --skip-stage1). Writes models/<stage> (adapter + tokenizer +
-resolved_config.json), metrics/train/<stage>.json and dvclive curves in metrics/train/<stage>/.
+Flags override params.yaml `stage1` / `stage2`. Stage 1 trains on paths.stage1_data (held out: paths.stage1_eval),
+Stage 2 on paths.stage2_data (held out: paths.eval_set), continuing the Stage 1 adapter (or the base with
+--skip-stage1). Writes models/<stage> (adapter + tokenizer + resolved_config.json), metrics/train/<stage>.json
+(with the held-out eval_loss) and dvclive curves (train/ and eval/) in metrics/train/<stage>/.
 """
 from __future__ import annotations
 
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics = train_sft(cfg, stage=args.stage, model_name=base.name, revision=base.revision, backend=backend,
                         load_in_4bit=model.load_in_4bit,
                         data_path=paths.stage1_data if args.stage == "stage1" else paths.stage2_data,
+                        eval_path=paths.stage1_eval if args.stage == "stage1" else paths.eval_set,
                         init_adapter=init_adapter, paths=run_paths(paths, args.stage), restart=args.restart)
     log.info("%s done: %s", args.stage, metrics)
 

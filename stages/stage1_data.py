@@ -4,8 +4,10 @@
     python -m stages.stage1_data --source hub --total-samples 200000
     python -m stages.stage1_data --ratio-krx-won 0.30 --ratio-finance-instruct 0.30
 
-Writes paths.stage1_data (one `{"messages": [...], "source": "<hub id>"}` per line) and paths.stage1_stats
-(per-dataset requested/available/kept/dropped by reason, token-length percentiles). See kospi_ft.data.hfdata.
+Writes paths.stage1_data (one `{"messages": [...], "source": "<hub id>"}` per line), the held-out slice
+paths.stage1_eval (`eval_samples` more rows by the same ratios, none equal to a training row; Stage 1's eval_loss)
+and paths.stage1_stats (per-dataset requested/available/kept/dropped by reason, token-length percentiles). See
+kospi_ft.data.hfdata.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", choices=["fixtures", "hub"], help="embedded fixtures, or the Hugging Face hub")
     p.add_argument("--total-samples", type=int, help="rows to write, split by the ratios")
+    p.add_argument("--eval-samples", type=int, help="held-out rows (disjoint from the training rows), same ratios")
     for spec in hfdata.REGISTRY:
         p.add_argument(_flag(spec.key), type=float, metavar="R", dest=f"ratio_{spec.key}",
                        help=f"share of {spec.hub_id} (ratios must sum to 1)")
@@ -37,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fill a dataset's shortfall from the others")
     p.add_argument("--tokenizer", help="tokenizer dir or hub id for the length filter (default: embedded Qwen)")
     p.add_argument("--output", help="JSONL out (default: paths.stage1_data)")
+    p.add_argument("--eval-output", help="held-out JSONL out (default: paths.stage1_eval)")
     p.add_argument("--stats", help="stats JSON out (default: paths.stage1_stats)")
     params.add_params_flag(p)
     return p
@@ -45,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 def overrides(args: argparse.Namespace) -> dict:
     """CLI flags as params overrides; a ratio flag replaces only its own key (the others keep the file's)."""
     ratios = {spec.key: getattr(args, f"ratio_{spec.key}") for spec in hfdata.REGISTRY}
-    out = {"source": args.source, "total_samples": args.total_samples, "max_seq_length": args.max_seq_length,
+    out = {"source": args.source, "total_samples": args.total_samples, "eval_samples": args.eval_samples,
+           "max_seq_length": args.max_seq_length,
            "seed": args.seed, "fill_shortfall": args.fill_shortfall, "tokenizer": args.tokenizer}
     if any(v is not None for v in ratios.values()):
         out["ratios"] = {k: v for k, v in ratios.items() if v is not None}
@@ -68,14 +73,16 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = load_tokenizer(cfg.tokenizer)
     result = hfdata.build(tables, cfg.ratios, cfg.total_samples, cfg.max_seq_length, cfg.seed,
                           cfg.fill_shortfall, functools.partial(hfdata.chat_token_lengths, tokenizer),
-                          origins=origins, show_progress=True)
+                          origins=origins, show_progress=True, eval_samples=cfg.eval_samples)
     stats = {"source": cfg.source, "tokenizer": tokenizer.name_or_path, **result.stats}
 
     out, stats_out = args.output or paths.stage1_data, args.stats or paths.stage1_stats
+    eval_out = args.eval_output or paths.stage1_eval
     atomic.write_jsonl(out, result.records)
+    atomic.write_jsonl(eval_out, result.eval_records)
     atomic.write_json(stats_out, stats)
-    log.info("wrote %d/%d records to %s (dropped %s); stats in %s", stats["total_kept"], cfg.total_samples, out,
-             stats["dropped"], stats_out)
+    log.info("wrote %d/%d records to %s, %d/%d held-out to %s (dropped %s); stats in %s", stats["total_kept"],
+             cfg.total_samples, out, stats["eval_kept"], cfg.eval_samples, eval_out, stats["dropped"], stats_out)
 
 
 if __name__ == "__main__":

@@ -50,8 +50,8 @@ def copy_project(dest: Path) -> Path:
 
     # Stage outs that DVC has not listed in a .gitignore yet (a stage run by hand) must not travel as source.
     paths = params.load_paths(ROOT / "params.yaml")
-    outs = [paths.market_dir, paths.snapshots_dir, paths.stage1_data, paths.synthetic, paths.eval_set,
-            paths.stage2_data, paths.logs_eval, paths.dpo_pairs, paths.models_dir]
+    outs = [paths.market_dir, paths.snapshots_dir, paths.stage1_data, paths.stage1_eval, paths.synthetic,
+            paths.eval_set, paths.stage2_data, paths.logs_eval, paths.dpo_pairs, paths.eval_pairs, paths.models_dir]
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
                            capture_output=True).stdout.decode().split("\0")
     for rel in filter(None, files):

@@ -114,20 +114,50 @@ def test_named_examples(sft):
     assert any("same text" in q for q in quality_issues("full_analysis", same))
 
 
-def test_same_inputs_same_bytes(tmp_path, sft):
+@pytest.fixture(scope="module")
+def held_out_set():
+    """Records of the eval split: their own seed and their own dates, as the synthesize stage writes them."""
+    return generate(24, seed=4242, split="eval")
+
+
+def _stage(tmp_path, sft, held_out_set, *args: str) -> tuple[bytes, bytes]:
+    """Run the stage on files in tmp_path; (training pairs, held-out pairs) as bytes."""
     from kospi_ft import atomic
     from stages.dpo_pairs import main
 
-    src = tmp_path / "train.jsonl"
+    src, held = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
     atomic.write_jsonl(src, sft)
-    outs = []
-    for run in ("a", "b"):
-        out = tmp_path / f"{run}.jsonl"
-        main(["--count", "50", "--input", str(src), "--output", str(out)])
-        outs.append(out.read_bytes())
-    assert outs[0] == outs[1] and len(outs[0].splitlines()) == 50
-    main(["--count", "50", "--input", str(src), "--output", str(tmp_path / "c.jsonl"), "--seed", "7"])
-    assert (tmp_path / "c.jsonl").read_bytes() != outs[0]
+    atomic.write_jsonl(held, held_out_set)
+    out, eval_out = tmp_path / "pairs.jsonl", tmp_path / "eval_pairs.jsonl"
+    main(["--input", str(src), "--output", str(out), "--eval-input", str(held), "--eval-output", str(eval_out),
+          *args])
+    return out.read_bytes(), eval_out.read_bytes()
+
+
+def test_same_inputs_same_bytes(tmp_path, sft, held_out_set):
+    outs = [_stage(tmp_path / run, sft, held_out_set, "--count", "50", "--eval-count", "20") for run in "ab"]
+    assert outs[0] == outs[1] and len(outs[0][0].splitlines()) == 50 and len(outs[0][1].splitlines()) == 20
+    other = _stage(tmp_path / "c", sft, held_out_set, "--count", "50", "--eval-count", "20", "--seed", "7")
+    assert other[0] != outs[0][0] and other[1] != outs[0][1]
+
+
+def test_held_out_pairs_share_no_prompt_with_the_training_pairs(tmp_path, sft, held_out_set):
+    train, held = (
+        [json.loads(line) for line in blob.decode().splitlines()]
+        for blob in _stage(tmp_path, sft, held_out_set, "--count", "60", "--eval-count", "24"))
+    def key(messages):
+        return json.dumps(messages, ensure_ascii=False, sort_keys=True)
+
+    prompts = {key(p["prompt"]) for p in train}
+    assert not any(key(p["prompt"]) in prompts for p in held)
+    # Made by the same rejecter: the same record format, the same type shares, every rejected answer checked.
+    assert dict(collections.Counter(p["rejection_type"] for p in held)) == allocate(24, REJECTION_SHARES)
+    by_prompt = {key(r["messages"][:2]): r for r in held_out_set}
+    for p in held:
+        assert set(p) == {"prompt", "chosen", "rejected", "rejection_type", "task"}
+        assert p["chosen"][0]["content"] == by_prompt[key(p["prompt"])]["messages"][2]["content"]
+        assert schema_errors(p["task"], p["chosen"][0]["content"]) == []
+        assert p["rejected"][0]["content"] != p["chosen"][0]["content"]
 
 
 def test_missing_input_is_a_clear_error(tmp_path):
@@ -135,6 +165,8 @@ def test_missing_input_is_a_clear_error(tmp_path):
 
     with pytest.raises(PipelineError, match="not found"):
         main(["--input", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "x.jsonl")])
+    with pytest.raises(PipelineError, match="eval set.*not found"):
+        _stage(tmp_path, generate(12, seed=1), [], "--count", "5", "--eval-input", str(tmp_path / "none.jsonl"))
 
 
 def test_a_bad_chosen_answer_is_refused(sft):

@@ -440,8 +440,26 @@ def test_ollama_backend_errors(ollama_server):
         OllamaBackend("x", base_url=f"http://127.0.0.1:{port}")
 
 
-def test_evaluate_and_compare_stages_end_to_end(tmp_path, monkeypatch, project_root, reference, ollama_server):
-    """Both stages through their CLIs on a temp project: three models served by the fake Ollama."""
+def _random_adapter(base_dir: Path, out: Path, seed: int) -> Path:
+    """A LoRA adapter far from zero on `base_dir`, saved like a training stage's (adapter_config names the base)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(
+        r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).save_pretrained(out)
+    return out
+
+
+def test_evaluate_and_compare_stages_end_to_end(tmp_path, monkeypatch, project_root, reference, ollama_server,
+                                                 tiny_hf, caplog):
+    """Both stages through their CLIs on a temp project: three models' replies served by the fake Ollama, their
+    likelihood metrics computed on HF weights (a tiny base and two adapters) for the held-out answers and pairs."""
+    import numpy as np
+
+    from kospi_ft.data.dpo_pairs import reject
+    from kospi_ft.data.synthetic import Draws
     from stages import compare as compare_stage
     from stages import evaluate as evaluate_stage
 
@@ -452,7 +470,17 @@ def test_evaluate_and_compare_stages_end_to_end(tmp_path, monkeypatch, project_r
     params.update("params.yaml", "evaluate.ollama_url", url)
     paths = params.load_paths("params.yaml")
     tasks = [t.value for t in TaskType][:3] * 2
-    _write_jsonl(paths.eval_set, _records(reference, tasks))
+    records = _records(reference, tasks)
+    _write_jsonl(paths.eval_set, records)
+    paths.models_dir.mkdir()
+    (paths.models_dir / "base").symlink_to(tiny_hf[0])  # model.name: models/base
+    for seed, name in enumerate(("stage2", "stage3")):
+        _random_adapter(tiny_hf[0], paths.models_dir / name, seed)
+    rng = Draws(np.random.default_rng(0))
+    _write_jsonl(paths.eval_pairs, [
+        {"prompt": records[0]["messages"][:2], "chosen": [{"role": "assistant", "content": reference}],
+         "rejected": [{"role": "assistant", "content": reject(reference, TaskType.FULL_ANALYSIS, kind, rng)[0]}],
+         "rejection_type": kind, "task": "full_analysis"} for kind in ("schema_violation", "hallucination")])
 
     for name in ("base", "stage2", "stage3"):
         evaluate_stage.main(["--name", name, "--n-samples", "4", "--no-progress"])
@@ -469,6 +497,12 @@ def test_evaluate_and_compare_stages_end_to_end(tmp_path, monkeypatch, project_r
     sent = [b for p, b in ollama_server.requests if p == "/api/chat"]
     budget = params.load("evaluate", EvaluateParams, path="params.yaml").max_new_tokens
     assert len(sent) == 12 and all(b["options"]["num_predict"] == budget for b in sent)
+    # Likelihood: every eval record (not only the n_samples answered), on each model's own weights.
+    nll = {n: m["likelihood"]["answer_nll"] for n, m in files.items()}
+    assert all(m["likelihood"]["n_records"] == 6 and m["preference"]["n_pairs"] == 2 for m in files.values())
+    assert nll["base"] == pytest.approx(math.log(151_936), abs=0.5) and len(set(nll.values())) == 3
+    assert files["base"]["preference"]["per_type"]["schema_violation"]["n"] == 1
+    assert files["base"]["per_task"]["full_analysis"]["answer_nll"] is not None
 
     compare_stage.main([])
     cmp = json.loads(paths.eval_compare.read_text())
@@ -476,15 +510,30 @@ def test_evaluate_and_compare_stages_end_to_end(tmp_path, monkeypatch, project_r
     assert cmp["base_to_stage3"]["json"]["valid_rate"] == 1.0
     assert cmp["stage2_to_stage3"]["json"]["direct_rate"] == 1.0
     assert cmp["stage2_to_stage3"]["schema"]["compliance_rate"] == 0.0
+    assert cmp["stage2_to_stage3"]["likelihood"]["answer_nll"] == pytest.approx(nll["stage3"] - nll["stage2"],
+                                                                                abs=1e-5)
     rows = json.loads(paths.eval_plot.read_text())
     assert [r["model"] for r in rows] == ["base", "stage2", "stage3"]
+    assert [r["answer_nll"] for r in rows] == [nll[n] for n in ("base", "stage2", "stage3")]
 
-    # The spec's form: two models and their deltas in one file.
-    evaluate_stage.main(["--base-model", "stage2", "--ft-model", "qwen2.5-kospi-ft-s3", "--n-samples", "2",
-                         "--output", "out.json", "--predictions", "pred.jsonl", "--no-progress"])
+    # The spec's form: two models and their deltas in one file. A model only Ollama has has no HF weights: its
+    # likelihood keys are null (asked for with --likelihood, that is an error before any model runs).
+    spec_form = ["--base-model", "stage2", "--ft-model", "qwen2.5-kospi-ft-s3", "--n-samples", "2",
+                 "--output", "out.json", "--predictions", "pred.jsonl", "--no-progress"]
+    sent_before = len(ollama_server.requests)
+    with pytest.raises(PipelineError, match="qwen2.5-kospi-ft-s3: --likelihood needs the model's HF weights"):
+        evaluate_stage.main([*spec_form, "--likelihood"])
+    assert len(ollama_server.requests) == sent_before
+    with caplog.at_level("WARNING"):
+        evaluate_stage.main(spec_form)
+    assert "qwen2.5-kospi-ft-s3: no HF weights" in caplog.text
     report = json.loads(Path("out.json").read_text())
     assert report["base"]["model"] == "stage2" and report["ft"]["model"] == "qwen2.5-kospi-ft-s3"
     assert report["delta"]["json"]["direct_rate"] == 1.0
+    assert report["base"]["metrics"]["likelihood"] == files["stage2"]["likelihood"] | {
+        "seconds": report["base"]["metrics"]["likelihood"]["seconds"]}
+    assert report["ft"]["metrics"]["likelihood"]["answer_nll"] is None  # same keys, nothing measured
+    assert list(flatten(report["ft"]["metrics"])) == list(flatten(files["stage3"]))
     assert len(Path("pred.jsonl").read_text().splitlines()) == 4
     with pytest.raises(ParamsError, match="--name"):
         evaluate_stage.main(["--name", "base", "--ft-model", "stage3"])

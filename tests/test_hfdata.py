@@ -70,9 +70,9 @@ def tables():
     return {spec.key: hfdata.load_fixture(spec, FIXTURES) for spec in hfdata.REGISTRY}
 
 
-def _build(tables, tokenizer, total, ratios=SPEC_RATIOS, max_seq_length=512, seed=42, fill=False):
+def _build(tables, tokenizer, total, ratios=SPEC_RATIOS, max_seq_length=512, seed=42, fill=False, eval_samples=0):
     return hfdata.build(tables, ratios, total, max_seq_length, seed, fill,
-                        functools.partial(hfdata.chat_token_lengths, tokenizer))
+                        functools.partial(hfdata.chat_token_lengths, tokenizer), eval_samples=eval_samples)
 
 
 def _blank(v) -> bool:
@@ -216,6 +216,22 @@ def test_build_meets_quotas_exactly(tables, tokenizer, total):
     assert {k: d["kept"] for k, d in result.stats["datasets"].items()} == quotas
 
 
+def test_held_out_slice_is_disjoint_and_leaves_the_training_rows_alone(tables, tokenizer):
+    alone = _build(tables, tokenizer, 100)
+    both = _build(tables, tokenizer, 100, eval_samples=12)
+    assert both.records == alone.records                     # the slice comes after the training rows
+    assert len(both.eval_records) == 12 == both.stats["eval_kept"] == both.stats["eval_requested"]
+    by_source = {spec.key: sum(r["source"] == spec.hub_id for r in both.eval_records) for spec in hfdata.REGISTRY}
+    assert by_source == hfdata.allocate(12, SPEC_RATIOS) == {k: d["eval_kept"] for k, d in
+                                                             both.stats["datasets"].items()}
+    train_keys = {hfdata.dedup_key(r["messages"]) for r in both.records}
+    assert not any(hfdata.dedup_key(r["messages"]) in train_keys for r in both.eval_records)
+    for key, d in alone.stats["datasets"].items():  # the training stats count the training rows only
+        assert (both.stats["datasets"][key]["kept"], both.stats["datasets"][key]["token_length"]) == (
+            d["kept"], d["token_length"])
+    assert both.stats["token_length"] == alone.stats["token_length"]
+
+
 # --- drops -----------------------------------------------------------------------------------------------------
 def test_bad_rows_dropped_and_counted(tokenizer):
     rows = {"system": ["", "s", None, "", "", "", "", ""],
@@ -343,13 +359,18 @@ def test_stage_rerun_is_byte_identical(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     outs = []
     for run, seed in (("a", "42"), ("b", "42"), ("c", "7")):
-        out, stats = tmp_path / f"{run}.jsonl", tmp_path / f"{run}.json"
-        stage1_data.main(["--seed", seed, "--output", str(out), "--stats", str(stats)])
-        outs.append((out.read_bytes(), stats.read_bytes()))
+        out, held, stats = tmp_path / f"{run}.jsonl", tmp_path / f"{run}-eval.jsonl", tmp_path / f"{run}.json"
+        stage1_data.main(["--seed", seed, "--output", str(out), "--eval-output", str(held), "--stats", str(stats)])
+        outs.append((out.read_bytes(), stats.read_bytes(), held.read_bytes()))
     assert outs[0] == outs[1]
     assert outs[0][0] != outs[2][0]                  # the seed really drives the sample and the order
     records = [json.loads(line) for line in outs[0][0].decode().splitlines()]
-    assert len(records) == hfdata.load_params(raw=params.read_raw(ROOT / "params.yaml")).total_samples
+    cfg = hfdata.load_params(raw=params.read_raw(ROOT / "params.yaml"))
+    assert len(records) == cfg.total_samples
+    held_out = [json.loads(line) for line in outs[0][2].decode().splitlines()]
+    assert len(held_out) == cfg.eval_samples > 0
+    assert {hfdata.dedup_key(r["messages"]) for r in held_out}.isdisjoint(
+        hfdata.dedup_key(r["messages"]) for r in records)
     assert all([m["role"] for m in r["messages"]] == ["system", "user", "assistant"] for r in records)
     stats = json.loads(outs[0][1])
     assert stats["source"] == "fixtures" and str(ROOT) not in outs[0][1].decode()
@@ -363,4 +384,4 @@ def test_dvc_stage_reads_only_its_own_params():
     fields = set(hfdata.Stage1DataParams.model_fields)
     assert {p.split(".", 1)[1] for p in stage["params"] if p.startswith("stage1_data.")} == fields
     assert {"stages/stage1_data.py", "kospi_ft/data/hfdata.py", "${paths.stage1_fixtures}"} <= set(stage["deps"])
-    assert stage["outs"] == ["${paths.stage1_data}"]
+    assert stage["outs"] == ["${paths.stage1_data}", "${paths.stage1_eval}"]

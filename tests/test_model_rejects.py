@@ -45,13 +45,15 @@ def _schema_broken(task: str, text: str) -> bool:
 
 @pytest.fixture
 def project(tmp_path, monkeypatch, project_root, sft):
-    """A temp project: the shipped params.yaml with a short reply budget, and the SFT set at paths.synthetic."""
+    """A temp project: the shipped params.yaml with a short reply budget, the SFT set at paths.synthetic and an eval
+    set at paths.eval_set (the stage also writes the held-out pairs)."""
     monkeypatch.chdir(tmp_path)
     shutil.copy(project_root / "params.yaml", "params.yaml")
     params.update("params.yaml", "dpo_pairs.max_new_tokens", 8)
     params.update("params.yaml", "evaluate.threads", 1)
     paths = params.load_paths("params.yaml")
     atomic.write_jsonl(paths.synthetic, sft)
+    atomic.write_jsonl(paths.eval_set, generate(12, seed=4242, split="eval"))
     return paths
 
 

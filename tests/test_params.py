@@ -136,7 +136,7 @@ def test_preset_command_writes_and_checks(tmp_path):
     target = shipped_copy(tmp_path)
     run = [sys.executable, "-m", "stages.preset"]
     out = subprocess.run([*run, "real", "--params", str(target)], capture_output=True, text=True, check=True).stdout
-    assert "dpo.lr: 5e-05 -> 5e-06" in out and "model.backend: 'auto' -> 'unsloth'" in out
+    assert "dpo.lr: 0.001 -> 5e-06" in out and "model.backend: 'auto' -> 'unsloth'" in out
     params.update(target, "dpo.beta", 0.3)
     out = subprocess.run([*run, "--check", "--params", str(target)], capture_output=True, text=True, check=True).stdout
     assert "hold preset 'real'" in out and "dpo.beta" not in out  # beta is not a preset value

@@ -2,6 +2,7 @@
 reference policy, resume, backend choice and params errors. (Backends and GPU throughput: benchmarks/.)"""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -14,14 +15,14 @@ from kospi_ft.base_model import ModelParams, TinyShape, build_tiny_model
 from kospi_ft.errors import DataValidationError, ParamsError
 from kospi_ft.tokenizer import load_tokenizer
 from kospi_ft.training import backends
-from kospi_ft.training.common import RunPaths
+from kospi_ft.training.common import RunPaths, trainer_arguments
 from kospi_ft.training.dpo import LN2, DPOParams, build_dpo_trainer, load_pairs, reference_is_policy
 from kospi_ft.training.sft import (SFTParams, Stage2Params, build_sft_trainer, count_label_tokens,
                                   load_conversations, row_batches, train_sft)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "training"
 # Small and fast; no warmup, so every step moves the weights (a 10% warmup makes step 1 run at lr 0).
-SFT = dict(epochs=1, lr=1e-3, batch_size=1, max_seq_length=256, warmup_ratio=0.0, save_steps=2, seed=3)
+SFT = dict(epochs=1, lr=1e-3, batch_size=1, max_seq_length=256, warmup_ratio=0.0, save_steps=2, eval_steps=2, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +40,11 @@ def run_paths(root: Path, name: str, live: bool = True) -> RunPaths:
                     live_dir=root / f"live-{name}" if live else None)
 
 
-def sft(base_dir, root, name, init_adapter=None, callbacks=(), **over):
+def sft(base_dir, root, name, init_adapter=None, callbacks=(), eval_path=FIXTURES / "synthetic.jsonl", **over):
+    """Stage 1 on the fixture rows, the synthetic fixture as its held-out split."""
     return train_sft(SFTParams(**(SFT | {"max_steps": 3} | over)), stage=name, model_name=base_dir, backend="hf",
                      load_in_4bit=True, data_path=FIXTURES / "stage1.jsonl", init_adapter=init_adapter,
-                     paths=run_paths(root, name), callbacks=callbacks)
+                     paths=run_paths(root, name), callbacks=callbacks, eval_path=eval_path)
 
 
 @pytest.fixture(scope="module")
@@ -230,8 +232,6 @@ def test_wrapped_rows_are_batched_as_rows_after_unsloth_turned_on_packing():
 
 
 def test_stage1_outputs(stage1_dir):
-    import json
-
     root = stage1_dir.parent
     metrics = json.loads((root / "stage1.json").read_text())
     assert metrics["steps"] == 3 and metrics["backend"] == "hf" and metrics["resumed_from"] is None
@@ -248,6 +248,13 @@ def test_stage1_outputs(stage1_dir):
 
     assert AutoTokenizer.from_pretrained(stage1_dir).chat_template == CHATML_TEMPLATE  # the files, not configure()
     assert (root / "live-stage1" / "plots" / "metrics" / "train" / "loss.tsv").read_text().count("\n") == 4
+    # The held-out split: every eval_steps (2) and after the last step (3), as curves and as the final number.
+    assert metrics["eval_step"] == 3 and math.isfinite(metrics["eval_loss"]) and not metrics["stopped_early"]
+    assert resolved["eval_records"] == 6
+    curves = root / "live-stage1" / "plots" / "metrics" / "eval"
+    rows = [line.split("\t") for line in (curves / "loss.tsv").read_text().splitlines()]
+    assert [r[0] for r in rows] == ["step", "2", "3"] and float(rows[-1][1]) == pytest.approx(metrics["eval_loss"])
+    assert (curves / "mean_token_accuracy.tsv").is_file() and not (curves / "runtime.tsv").exists()
 
 
 def test_stage2_starts_from_the_stage1_adapter(base_dir, stage1_dir, tmp_path):
@@ -260,6 +267,31 @@ def test_stage2_starts_from_the_stage1_adapter(base_dir, stage1_dir, tmp_path):
     assert len(live) == len(stage1)
     for key, value in stage1.items():
         assert torch.equal(live[key], value), key
+
+
+def test_early_stopping_keeps_the_best_checkpoint_as_the_output(base_dir, tmp_path):
+    """At lr 0.05 the held-out loss falls for two steps, then rises by ~0.1 (seen: 11.82, 11.73, 11.85): patience 1
+    stops the run at step 3, and the stage's adapter is step 2's checkpoint, not the last step's weights."""
+    metrics = sft(base_dir, tmp_path, "s", max_steps=6, eval_steps=1, save_steps=1, save_total_limit=2,
+                  early_stopping_patience=1, lr=0.05)
+    curve = [line.split("\t") for line in (tmp_path / "live-s" / "plots" / "metrics" / "eval" / "loss.tsv")
+             .read_text().splitlines()[1:]]
+    losses = {int(step): float(loss) for step, loss in curve}
+    assert metrics["stopped_early"] and metrics["steps"] == 3 and list(losses) == [1, 2, 3]
+    best = min(losses, key=losses.get)
+    assert best == 2 and metrics["eval_step"] == best and metrics["eval_loss"] == pytest.approx(losses[best])
+    ckpt = tmp_path / "ckpt-s"
+    saved, kept = adapter_tensors(tmp_path / "s"), adapter_tensors(ckpt / f"checkpoint-{best}")
+    assert all(torch.equal(saved[k], kept[k]) for k in kept)
+    last = adapter_tensors(ckpt / "checkpoint-3")  # the newest checkpoint is kept besides the best
+    assert any(not torch.equal(saved[k], last[k]) for k in last)
+
+
+def test_early_stopping_params_are_checked():
+    with pytest.raises(ParamsError, match=r"stage1: .*save_steps \(3\) to be a multiple of eval_steps \(2\)"):
+        params.load("stage1", SFTParams, overrides={"early_stopping_patience": 2, "save_steps": 3, "eval_steps": 2})
+    with pytest.raises(DataValidationError, match="no held-out split to stop on"):
+        trainer_arguments(SFTParams(**(SFT | {"early_stopping_patience": 1})), "hf", Path("x"), evaluate=False)
 
 
 # --- DPO ---------------------------------------------------------------------------------------------------------
@@ -305,53 +337,79 @@ def test_dpo_reference_is_the_stage2_model(base_dir, stage2_dir, tmp_path):
     assert not ln2_check(loss, margin), (loss, margin)
 
 
-def test_completion_only_scoring_keeps_the_dpo_loss_and_gradients(base_dir, stage2_dir, tmp_path, monkeypatch):
-    from types import SimpleNamespace
+def _loss_grads_metrics(trainer, batch):
+    """One micro-batch's loss, the LoRA gradients and the metrics TRL logs for it."""
+    trainer.model.zero_grad()
+    trainer._metrics["train"].clear()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads, {k: v[-1] for k, v in trainer._metrics["train"].items()}
 
-    from trl.trainer import utils as trl_utils
 
-    from kospi_ft.training.dpo import completion_only_scoring
+@pytest.mark.parametrize("kind", ["sft", "dpo"])
+def test_label_positions_only_keep_loss_gradients_and_metrics(kind, base_dir, stage2_dir, tmp_path, monkeypatch):
+    """The stages' LM head (label positions, plain torch) against TRL's own CPU path (every position, its tiles)."""
+    from kospi_ft.training import lm_head
 
-    trainer = build_dpo_trainer(
-        DPOParams(epochs=1, max_steps=1, lr=5e-7, batch_size=2, max_seq_length=256, save_steps=10),
-        model_name=base_dir, backend="hf", load_in_4bit=True, data=load_pairs(FIXTURES / "dpo_pairs.jsonl"),
-        stage2_adapter=stage2_dir, paths=run_paths(tmp_path, "dpo", live=False))
+    if kind == "sft":
+        trainer = build_sft_trainer(SFTParams(**(SFT | {"max_steps": 1})), model_name=base_dir, backend="hf",
+                                    load_in_4bit=True, data=load_conversations(FIXTURES / "synthetic.jsonl"),
+                                    init_adapter=stage2_dir, paths=run_paths(tmp_path, "sft", live=False))
+    else:
+        trainer = build_dpo_trainer(
+            DPOParams(epochs=1, max_steps=1, lr=5e-7, batch_size=2, max_seq_length=256, save_steps=10),
+            model_name=base_dir, backend="hf", load_in_4bit=True, data=load_pairs(FIXTURES / "dpo_pairs.jsonl"),
+            stage2_adapter=stage2_dir, paths=run_paths(tmp_path, "dpo", live=False))
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
-    scored = []  # positions each LM-head call projects
-    chunked = trl_utils._ChunkedLogProbFunction
-    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", SimpleNamespace(
-        apply=lambda hidden, *rest: scored.append(hidden.shape[0]) or chunked.apply(hidden, *rest)))
+    projected = []  # positions each call of the stages' head projects
+    original = lm_head.label_log_probs
+    monkeypatch.setattr(lm_head, "label_log_probs",
+                        lambda hidden, *rest: projected.append(hidden.shape[0]) or original(hidden, *rest))
     trainer.model.train()
 
-    def loss_and_grads():
-        trainer.model.zero_grad()
-        loss = trainer.compute_loss(trainer.model, batch)
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    full_loss, full_grads, full_metrics = _loss_grads_metrics(trainer, batch)
+    with lm_head.completion_only_scoring():
+        loss, grads, metrics = _loss_grads_metrics(trainer, batch)
+    from trl.trainer import utils as trl_utils
 
-    full_loss, full_grads = loss_and_grads()
-    with completion_only_scoring():
-        compact_loss, compact_grads = loss_and_grads()
-    assert not trl_utils._use_triton(torch.device("cpu"))  # restored
-    completion = int((batch["completion_mask"][:, 1:] == 1).sum())
-    assert scored == [batch["input_ids"][:, 1:].numel()] * 2 + [completion] * 2  # policy + reference, each way
-    assert completion < scored[0] / 2
-    assert torch.allclose(compact_loss, full_loss, atol=1e-6)
-    assert full_grads.keys() == compact_grads.keys() and full_grads
+    assert not trl_utils._use_triton(torch.device("cpu"))  # TRL's own switches are back
+    assert trl_utils._ChunkedLogProbFunction is not None and not isinstance(
+        trl_utils._ChunkedLogProbFunction, lm_head._LabelLogProbs)
+    if kind == "sft":
+        labelled = int((batch["labels"][:, 1:] != -100).sum())
+        assert projected == [labelled]
+    else:  # policy, then the reference: the completions of chosen and rejected
+        labelled = int((batch["completion_mask"][:, 1:] == 1).sum())
+        assert projected == [labelled, labelled]
+    assert labelled < batch["input_ids"][:, 1:].numel()
+    torch.testing.assert_close(loss, full_loss, rtol=0, atol=1e-5)
+    assert full_grads.keys() == grads.keys() and grads
     for name, grad in full_grads.items():
-        torch.testing.assert_close(compact_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+        # fp32 sums in another order: a few 1e-7 apart where a gradient is near 0
+        scale = float(grad.abs().max())
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5 * scale, msg=lambda m: f"{name}: {m}")
+    assert metrics.keys() == full_metrics.keys() and {"entropy", "mean_token_accuracy"} <= set(metrics)
+    for key, value in full_metrics.items():
+        if key != "num_tokens":  # a running count of the tokens trained on: two calls, twice the count
+            assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
 def test_dpo_saves_only_the_trained_adapter(base_dir, stage2_dir, tmp_path):
-    import json
-
     from kospi_ft.training.dpo import train_dpo
 
     metrics = train_dpo(DPOParams(epochs=1, max_steps=2, lr=1e-3, batch_size=1, max_seq_length=256, save_steps=10,
                                   warmup_ratio=0.0),
                         model_name=base_dir, backend="hf", load_in_4bit=True, data_path=FIXTURES / "dpo_pairs.jsonl",
-                        stage2_adapter=stage2_dir, paths=run_paths(tmp_path, "stage3"))
+                        stage2_adapter=stage2_dir, paths=run_paths(tmp_path, "stage3"),
+                        eval_path=FIXTURES / "dpo_pairs.jsonl")
     assert metrics["step0_loss"] == pytest.approx(LN2, abs=1e-3) and metrics["step0_reward_margin"] == 0
+    # The "held-out" pairs here are the training pairs, scored after the last step against the same Stage 2
+    # reference: two lr-1e-3 steps on them must have lowered their loss below ln 2 and opened a positive margin.
+    assert metrics["eval_step"] == 2 and metrics["eval_loss"] < LN2 - 1e-3
+    assert metrics["eval_reward_margin"] > 0 and 0 <= metrics["eval_reward_accuracy"] <= 1
+    assert metrics["eval_rewards_chosen"] is not None and metrics["eval_rewards_rejected"] is not None
+    assert (tmp_path / "live-stage3" / "plots" / "metrics" / "eval" / "rewards" / "margins.tsv").is_file()
     out = tmp_path / "stage3"
     assert not (out / "ref").exists()
     assert json.loads((out / "resolved_config.json").read_text())["init_adapter"] == str(stage2_dir)

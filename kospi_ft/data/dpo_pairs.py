@@ -64,6 +64,10 @@ class DpoPairsParams(params_mod.Section):
     """params.yaml `dpo_pairs:` (CLI flags of stages/dpo_pairs.py override it)."""
 
     count: int = 2000
+    # Held-out pairs (paths.eval_pairs) from the eval set (paths.eval_set), by the same rejecter and type shares:
+    # Stage 3's eval split and the evaluate stage's preference metrics. The eval set's own dates and seed keep
+    # their prompts apart from every training pair's.
+    eval_count: int = Field(200, ge=1)
     seed: int = 42
     collect_model_rejects: bool = False
     # A pipeline name (stage2 -> paths.gguf_dir/stage2/model-<export.quant>.gguf for llamacpp, the registered

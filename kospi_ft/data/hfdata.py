@@ -199,6 +199,7 @@ class Stage1DataParams(params.Section):
 
     source: Literal["fixtures", "hub"]
     total_samples: int = Field(gt=0)
+    eval_samples: int = Field(0, ge=0)   # the held-out slice (paths.stage1_eval), split by the same ratios
     ratios: dict[str, float]
     max_seq_length: int = Field(gt=0)
     seed: int
@@ -440,48 +441,71 @@ def percentiles(lengths: Sequence[int]) -> dict[str, float] | None:
 class Stage1Result:
     records: list[dict]
     stats: dict
+    eval_records: list[dict] = field(default_factory=list)
 
 
 def build(tables: Mapping[str, Table], ratios: Mapping[str, float], total_samples: int, max_seq_length: int,
           seed: int, fill_shortfall: bool, token_lengths: Callable[[list], list[int]],
-          origins: Mapping[str, str] | None = None, show_progress: bool = False) -> Stage1Result:
+          origins: Mapping[str, str] | None = None, show_progress: bool = False,
+          eval_samples: int = 0) -> Stage1Result:
     """Select, clean and shuffle the Stage 1 records. `tables` holds a loaded split per dataset key with a
     positive ratio (registry order decides processing order, so cross-dataset duplicates count against the
-    later dataset)."""
+    later dataset).
+
+    `eval_samples` more rows, split by the same ratios and the same shortfall rule, form the held-out slice: each
+    dataset's walk continues past its training rows, with the same duplicate check, so no held-out row equals
+    (after normalization) a training row, and the training rows are the ones a run without the slice selects."""
     from tqdm.auto import tqdm
 
     specs = [s for s in REGISTRY if ratios.get(s.key, 0) > 0]
     missing = [s.key for s in specs if s.key not in tables]
     if missing:
         raise PipelineError(f"no loaded data for datasets with a positive ratio: {missing}")
-    quotas = allocate(total_samples, {s.key: ratios[s.key] for s in specs})
     walkers = {s.key: _Walker(s, tables[s.key], np.random.default_rng([seed, KEYS.index(s.key)])
                               .permutation(len(tables[s.key]))) for s in specs}
     seen: set = set()
-    filled = Counter()
-    progress = tqdm(total=total_samples, desc="stage1_data", unit="row", disable=not show_progress)
-    for s in specs:
-        walkers[s.key].take(quotas[s.key], seen, max_seq_length, token_lengths, progress)
-    deficit = total_samples - sum(len(w.kept) for w in walkers.values())
-    while fill_shortfall and deficit > 0:
-        open_ = [s for s in specs if not walkers[s.key].exhausted]
-        if not open_:
-            break
-        extra = allocate(deficit, {s.key: ratios[s.key] for s in open_})
-        for s in open_:
-            filled[s.key] += walkers[s.key].take(extra[s.key], seen, max_seq_length, token_lengths, progress)
-        deficit = total_samples - sum(len(w.kept) for w in walkers.values())
-    progress.close()
 
-    records = [r for s in specs for r in walkers[s.key].kept]
+    def select(total: int, progress=None) -> tuple[dict[str, int], Counter]:
+        """`total` more rows from the walkers, split by the ratios; with fill_shortfall the datasets that still have
+        rows fill the others' shortfall. Returns (quota per dataset, rows each took for the others)."""
+        start = {s.key: len(walkers[s.key].kept) for s in specs}
+
+        def still_missing() -> int:
+            return total - sum(len(walkers[s.key].kept) - start[s.key] for s in specs)
+
+        quotas = allocate(total, {s.key: ratios[s.key] for s in specs})
+        for s in specs:
+            walkers[s.key].take(quotas[s.key], seen, max_seq_length, token_lengths, progress)
+        filled = Counter()
+        while fill_shortfall and still_missing() > 0:
+            open_ = [s for s in specs if not walkers[s.key].exhausted]
+            if not open_:
+                break
+            extra = allocate(still_missing(), {s.key: ratios[s.key] for s in open_})
+            for s in open_:
+                filled[s.key] += walkers[s.key].take(extra[s.key], seen, max_seq_length, token_lengths, progress)
+        return quotas, filled
+
+    progress = tqdm(total=total_samples, desc="stage1_data", unit="row", disable=not show_progress)
+    quotas, filled = select(total_samples, progress)
+    progress.close()
+    n_train = {s.key: len(walkers[s.key].kept) for s in specs}
+    select(eval_samples)
+
+    records = [r for s in specs for r in walkers[s.key].kept[:n_train[s.key]]]
     order = np.random.default_rng(seed).permutation(len(records))
     records = [records[i] for i in order]
+    held_out = [r for s in specs for r in walkers[s.key].kept[n_train[s.key]:]]
+    held_out = [held_out[i] for i in np.random.default_rng([seed, 1]).permutation(len(held_out))]
+    if len(held_out) < eval_samples:
+        log.warning("held-out slice: %d rows requested, %d usable rows left after the training rows", eval_samples,
+                    len(held_out))
 
     per_dataset = {}
     for spec in REGISTRY:
         w = walkers.get(spec.key)
         requested = quotas.get(spec.key, 0)
-        kept = len(w.kept) if w else 0
+        kept = n_train[spec.key] if w else 0
         shortfall = max(0, requested - (kept - filled[spec.key]))
         if shortfall:
             log.warning("%s: %d rows requested, only %d usable rows in %s; %s", spec.hub_id, requested,
@@ -495,18 +519,21 @@ def build(tables: Mapping[str, Table], ratios: Mapping[str, float], total_sample
             "available": len(w.table) if w else None,
             "requested": requested,
             "kept": kept,
+            "eval_kept": len(w.kept) - kept if w else 0,
             "filled_for_others": filled[spec.key],
             "shortfall": shortfall,
             "examined": w.pos if w else 0,
             "exhausted": w.exhausted if w else None,
             "dropped": {r: (w.dropped[r] if w else 0) for r in DROP_REASONS},
-            "token_length": percentiles(w.lengths) if w else None,
+            "token_length": percentiles(w.lengths[:kept]) if w else None,
         }
-    all_lengths = [n for w in walkers.values() for n in w.lengths]
+    all_lengths = [n for k, w in walkers.items() for n in w.lengths[:n_train[k]]]
     stats = {
         "total_requested": total_samples,
         "total_kept": len(records),
         "shortfall": total_samples - len(records),
+        "eval_requested": eval_samples,
+        "eval_kept": len(held_out),
         "fill_shortfall": fill_shortfall,
         "max_seq_length": max_seq_length,
         "seed": seed,
@@ -514,4 +541,4 @@ def build(tables: Mapping[str, Table], ratios: Mapping[str, float], total_sample
         "token_length": percentiles(all_lengths),
         "datasets": per_dataset,
     }
-    return Stage1Result(records, stats)
+    return Stage1Result(records, stats, held_out)

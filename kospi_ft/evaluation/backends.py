@@ -217,39 +217,47 @@ class OllamaBackend:
 
 # ---- transformers + PEFT --------------------------------------------------------------------------------------
 
-class HFBackend:
-    """A HF causal LM (dir or hub id), with a PEFT adapter on top when `adapter` is given.
+def load_hf_model(model: str | Path, adapter: Path | None = None, revision: str | None = None):
+    """(model in eval mode, tokenizer, device) for a HF causal LM dir or hub id (at `revision`), with a PEFT adapter
+    on top when `adapter` is given. CPU runs fp32, CUDA bf16, base and fine-tunes alike. The tokenizer comes from the
+    adapter dir when it has one (training saves it there), else from the model, with the project's chat template
+    (`kospi_ft.tokenizer`)."""
+    import torch
+    from transformers import AutoModelForCausalLM
 
-    CPU runs fp32; CUDA runs bf16, base and fine-tunes alike. The tokenizer comes from the adapter dir when it has
-    one (training saves it there), else from the model, and gets the project's chat template (`kospi_ft.tokenizer`).
-    """
+    from ..tokenizer import load_tokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    tok_source = adapter if adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file() else model
+    pin = {} if revision is None else {"revision": revision}
+    try:
+        tokenizer = load_tokenizer(str(tok_source), **(pin if tok_source == model else {}))
+        net = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype, **pin)
+    except OSError as err:
+        raise PipelineError(f"{model}: cannot load the HF model/tokenizer: {err}") from None
+    if adapter is not None:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise PipelineError(f"{adapter}: not a PEFT adapter dir (no adapter_config.json)")
+        net = PeftModel.from_pretrained(net, str(adapter))
+    return net.to(device).eval(), tokenizer, device
+
+
+class HFBackend:
+    """A HF causal LM (dir or hub id), with a PEFT adapter on top when `adapter` is given (see `load_hf_model`)."""
 
     def __init__(self, model: str | Path, *, adapter: Path | None = None, seed: int = 0,
                  revision: str | None = None) -> None:
         import torch
-        from transformers import AutoModelForCausalLM
 
-        from ..tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, load_tokenizer
+        from ..tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID
 
         self.seed = seed
         self.description = f"hf:{model}" + (f"+{adapter}" if adapter else "")
         self._torch = torch
-        self._device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if self._device == "cuda" else torch.float32
-        tok_source = adapter if adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file() else model
-        pin = {} if revision is None else {"revision": revision}
-        try:
-            self._tokenizer = load_tokenizer(str(tok_source), **(pin if tok_source == model else {}))
-            net = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype, **pin)
-        except OSError as err:
-            raise PipelineError(f"{model}: cannot load the HF model/tokenizer: {err}") from None
-        if adapter is not None:
-            from peft import PeftModel
-
-            if not (Path(adapter) / "adapter_config.json").is_file():
-                raise PipelineError(f"{adapter}: not a PEFT adapter dir (no adapter_config.json)")
-            net = PeftModel.from_pretrained(net, str(adapter))
-        self._model = net.to(self._device).eval()
+        self._model, self._tokenizer, self._device = load_hf_model(model, adapter, revision)
         self._stop_ids = [EOS_TOKEN_ID, PAD_TOKEN_ID]
         self._pad_id = PAD_TOKEN_ID
 

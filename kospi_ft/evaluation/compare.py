@@ -24,6 +24,10 @@ HEADLINE: dict[str, str] = {
     "rouge_l_f1": "rouge.l_f1_mean",
     "latency_p50_s": "latency.p50_s",
     "gen_tokens_per_s": "throughput.gen_tokens_per_s",
+    # Likelihood-based (kospi_ft.evaluation.likelihood): they move on any model, the tiny embedded one included.
+    "answer_nll": "likelihood.answer_nll",
+    "preference_accuracy": "preference.accuracy",
+    "preference_margin_mean": "preference.margin_mean",
 }
 
 

@@ -34,6 +34,9 @@ class EvaluateParams(Section):
     n_samples: int | None = Field(12, ge=1)     # records per model (round-robin over tasks); null = all
     max_new_tokens: int = Field(96, ge=1)
     rouge: bool = True                          # ROUGE-L vs the reference answer
+    # Held-out likelihood (every eval record's reference answer) and preference accuracy/margin (paths.eval_pairs)
+    # through transformers + PEFT on the model's weights, whatever `backend` generates with (evaluation.likelihood).
+    likelihood: bool = True
     korean_threshold: float = Field(0.5, ge=0.0, le=1.0)  # Hangul share for a rationale to count as Korean
     ollama_url: str = "http://localhost:11434"
     n_ctx: int = Field(4096, ge=256)            # llama.cpp context window (prompt + reply)
@@ -102,6 +105,16 @@ class ModelLocator:
             return adapter_base(local), local
         return str(local) if local.is_dir() else ref, None
 
+    def hf_pinned(self, ref: str) -> tuple[str, Path | None, str | None]:
+        """`hf(ref)` plus the hub commit to load: the one models/base pins when the model is the pipeline's base."""
+        model, adapter = self.hf(ref)
+        if model != self.hf_base:
+            return model, adapter, None
+        from ..base_model import ModelParams, resolve_base
+
+        return model, adapter, resolve_base(ModelParams(name=self.hf_base, revision=self.hf_revision),
+                                            self.models_dir).revision
+
     def preflight(self, cfg: EvaluateParams, ref: str) -> None:
         """Fail before any model runs when a local model file is missing (the llamacpp GGUF) or when the GPU
         offload asked for is not there."""
@@ -121,11 +134,5 @@ class ModelLocator:
         if temperature:
             raise PipelineError(f"backend hf decodes greedily only; sampling at temperature {temperature} needs "
                                 f"llamacpp or ollama")
-        model, adapter = self.hf(ref)
-        revision = None
-        if model == self.hf_base:  # the pipeline's base: load the commit models/base pins
-            from ..base_model import ModelParams, resolve_base
-
-            pinned = resolve_base(ModelParams(name=self.hf_base, revision=self.hf_revision), self.models_dir)
-            revision = pinned.revision
+        model, adapter, revision = self.hf_pinned(ref)
         return HFBackend(model, adapter=adapter, seed=cfg.seed, revision=revision)

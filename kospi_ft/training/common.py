@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .. import atomic
 from ..errors import DataValidationError
@@ -36,6 +36,23 @@ class TrainParams(Section):
     save_steps: int = Field(500, gt=0)
     save_total_limit: int = Field(2, gt=0)
     seed: int = 42
+    # The held-out split is scored every eval_steps optimizer steps and after the last one (eval_loss; DPO: eval
+    # rewards/accuracies/margins): a forward per record, see eval_samples.
+    eval_steps: int = Field(500, gt=0)
+    # Records (DPO: pairs) of the held-out split each evaluation scores, the first N in file order; null = all.
+    # Each one is a forward pass (DPO: two answers, policy and reference), so the embedded preset scores a slice.
+    eval_samples: int | None = Field(None, gt=0)
+    # Stop after this many evaluations without a lower eval_loss, and keep the best checkpoint as the stage's
+    # output (transformers' EarlyStoppingCallback + load_best_model_at_end). null = off: train every step.
+    early_stopping_patience: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _best_checkpoint_is_saved(self):
+        # The best model is reloaded from a checkpoint, so every evaluated step must also be a saved one.
+        if self.early_stopping_patience is not None and self.save_steps % self.eval_steps:
+            raise ValueError(f"early_stopping_patience needs save_steps ({self.save_steps}) to be a multiple of "
+                             f"eval_steps ({self.eval_steps}): the best checkpoint is reloaded from disk")
+        return self
 
 
 @dataclass(frozen=True)
@@ -58,6 +75,11 @@ class RunInfo:
     init_adapter: str | None
 
 
+def held_out_slice(records: list[dict] | None, params: TrainParams) -> list[dict] | None:
+    """The part of the held-out split the evaluations score (`eval_samples`)."""
+    return None if records is None else records[:params.eval_samples]
+
+
 def check_messages(messages: Any, where: str, roles=("system", "user", "assistant")) -> list[dict]:
     """Keep only role/content of each message; the rest of a record (source, task, meta) is not trained on."""
     if not isinstance(messages, list) or not messages:
@@ -70,9 +92,12 @@ def check_messages(messages: Any, where: str, roles=("system", "user", "assistan
     return out
 
 
-def trainer_arguments(params: TrainParams, backend: str, checkpoint_dir: Path) -> dict:
-    """transformers/TRL arguments shared by SFTConfig and DPOConfig."""
+def trainer_arguments(params: TrainParams, backend: str, checkpoint_dir: Path, evaluate: bool = False) -> dict:
+    """transformers/TRL arguments shared by SFTConfig and DPOConfig; `evaluate`: a held-out split is given."""
     cuda = backends.cuda_available()
+    if params.early_stopping_patience is not None and not evaluate:
+        raise DataValidationError("early_stopping_patience is set, but the stage has no held-out split to stop on")
+    best = params.early_stopping_patience is not None
     return dict(
         output_dir=str(checkpoint_dir),
         num_train_epochs=params.epochs,
@@ -99,6 +124,13 @@ def trainer_arguments(params: TrainParams, backend: str, checkpoint_dir: Path) -
         save_strategy="steps",
         save_steps=params.save_steps,
         save_total_limit=params.save_total_limit,
+        # The held-out split: every eval_steps and after the last step (the Trainer adds that one itself).
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=params.eval_steps,
+        per_device_eval_batch_size=params.batch_size,
+        load_best_model_at_end=best,
+        metric_for_best_model="eval_loss" if best else None,
+        greater_is_better=False if best else None,
         seed=params.seed,
         data_seed=params.seed,
         report_to="none",  # dvclive is attached as a callback with its output dir (see live_callback)
@@ -112,10 +144,16 @@ def trainer_arguments(params: TrainParams, backend: str, checkpoint_dir: Path) -
     )
 
 
-def training_callbacks(live_dir: Path | None, resume: bool, extra=()) -> list:
-    """dvclive curves (continued when the run resumes), checkpoint manifests, then the caller's callbacks."""
-    live = [] if live_dir is None else [live_callback(live_dir, resume)]
-    return live + [checkpoints.manifest_callback()] + list(extra)
+def training_callbacks(params: TrainParams, live_dir: Path | None, resume: bool, extra=()) -> list:
+    """dvclive curves (continued when the run resumes), checkpoint manifests, early stopping when asked, and the
+    caller's callbacks."""
+    callbacks = [] if live_dir is None else [live_callback(live_dir, resume)]
+    callbacks.append(checkpoints.manifest_callback())
+    if params.early_stopping_patience is not None:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience))
+    return callbacks + list(extra)
 
 
 def live_callback(live_dir: Path, resume: bool):
@@ -150,8 +188,8 @@ def live_callback(live_dir: Path, resume: bool):
                 return
             self.live.step = state.global_step
             for key, value in logs.items():
-                if isinstance(value, (int, float)) and key not in ("epoch", "step"):
-                    self.live.log_metric(f"train/{key}" if "/" not in key else key, value)
+                if isinstance(value, (int, float)) and key not in ("epoch", "step") and not _not_a_curve(key):
+                    self.live.log_metric(curve_name(key), value)
             self.live.log_metric("epoch", logs.get("epoch", state.epoch or 0), plot=False)
             self.live.next_step()
 
@@ -169,6 +207,34 @@ def drop_curve_rows_after(live_dir: Path, step: int) -> None:
         kept = [r for r in rows if r.split("\t", 1)[0].isdigit() and int(r.split("\t", 1)[0]) <= step]
         if len(kept) != len(rows):
             atomic.write_text(curve, header + "".join(kept))
+
+
+def curve_name(key: str) -> str:
+    """The dvclive curve of a Trainer log key: eval_loss -> eval/loss, eval_rewards/margins -> eval/rewards/margins,
+    loss -> train/loss; DPO's train-time rewards/margins keeps its own folder."""
+    if key.startswith("eval_"):
+        return "eval/" + key[len("eval_"):]
+    return key if "/" in key else f"train/{key}"
+
+
+def _not_a_curve(key: str) -> bool:
+    """Eval entries that measure no learning: timings (eval_runtime, eval_samples_per_second, ...) and TRL's
+    eval_num_tokens (the training token count, repeated)."""
+    return key.startswith("eval_") and (key.endswith("_runtime") or key.endswith("_per_second")
+                                        or key == "eval_num_tokens")
+
+
+def final_eval(trainer) -> dict:
+    """The eval_* log entry of the model the stage saves: the best step's under early stopping, else the last step's
+    (the Trainer evaluates after the last step). Empty without an eval split."""
+    state = trainer.state
+    best = trainer.args.load_best_model_at_end and state.best_global_step
+    step = state.best_global_step if best else state.global_step
+    for entry in reversed(state.log_history):
+        if entry.get("step") == step and "eval_loss" in entry:
+            kept = {k: v for k, v in entry.items() if k.startswith("eval_") and not _not_a_curve(k)}
+            return {"eval_step": step, **kept}
+    return {}
 
 
 def tokens_seen(trainer) -> int:
@@ -220,6 +286,7 @@ def run_summary(trainer, result, seconds: float, info: "RunInfo", resume_from: s
     """What every training stage reports: steps, losses, throughput, wall time and peak memory."""
     history = [h for h in trainer.state.log_history if "loss" in h]
     tokens = tokens_seen(trainer)
+    held_out = final_eval(trainer)
     return {
         "stage": info.stage,
         "backend": info.backend,
@@ -236,4 +303,8 @@ def run_summary(trainer, result, seconds: float, info: "RunInfo", resume_from: s
         "effective_batch": trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
         * distributed.world_size(),
         "peak_memory_gib": round(backends.peak_memory_gib(), 3),
+        # The held-out split, scored on the saved model (the best checkpoint under early stopping).
+        "eval_loss": finite(held_out.get("eval_loss")),
+        "eval_step": held_out.get("eval_step"),
+        "stopped_early": trainer.state.global_step < trainer.state.max_steps,
     }

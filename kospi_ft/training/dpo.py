@@ -6,10 +6,13 @@ trainable and passed with `ref_model=None`; TRL (1.15 and 1.16) then copies it i
 runs the reference forward under it, so reference == Stage 2. The check: at step 0 policy and reference are the
 same weights, so every reward margin is 0 and the loss is -log sigmoid(0) = ln 2. `train_dpo` records the first
 step's loss and margins in the metrics, and when they are off it fails and writes no Stage 3 adapter.
+
+The held-out pairs (paths.eval_pairs: the eval set's prompts, broken by the same rejecter) are scored every
+`eval_steps` and after the last step against the same reference: eval loss, rewards/chosen, rejected, accuracies and
+margins in the curves, their final values in the metrics.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from pathlib import Path
@@ -20,8 +23,9 @@ from .. import atomic
 from ..errors import DataValidationError, PipelineError
 from ..jsonl import read_jsonl
 from . import backends, checkpoints, distributed
-from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, finite, first_log, run_summary,
-                     save_adapter, trainer_arguments, training_callbacks)
+from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, final_eval, finite, first_log,
+                     held_out_slice, run_summary, save_adapter, trainer_arguments, training_callbacks)
+from .lm_head import completion_only_scoring
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +53,8 @@ def load_pairs(path: Path) -> list[dict]:
 
 
 def build_dpo_trainer(params: DPOParams, *, model_name: str, backend: str, load_in_4bit: bool, data: list[dict],
-                      stage2_adapter: Path, paths: RunPaths, callbacks=(), resume: bool = False,
-                      revision: str | None = None):
+                      stage2_adapter: Path, paths: RunPaths, callbacks=(), eval_data: list[dict] | None = None,
+                      resume: bool = False, revision: str | None = None):
     """Stage 2 model (adapter trainable) and a DPOTrainer whose reference is a frozen copy of that adapter."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
@@ -58,7 +62,7 @@ def build_dpo_trainer(params: DPOParams, *, model_name: str, backend: str, load_
     model, tokenizer = backends.load_base(model_name, backend, params.max_seq_length, load_in_4bit, revision)
     model = backends.load_adapter(model, stage2_adapter, backend, trainable=True)
     args = DPOConfig(
-        **trainer_arguments(params, backend, paths.checkpoint_dir),
+        **trainer_arguments(params, backend, paths.checkpoint_dir, evaluate=bool(eval_data)),
         beta=params.beta,
         max_length=params.max_seq_length,
         truncation_mode="keep_start",
@@ -66,34 +70,9 @@ def build_dpo_trainer(params: DPOParams, *, model_name: str, backend: str, load_
     )
     # ref_model=None with a PeftModel: TRL adds the frozen `ref` adapter copied from `default` (see module doc).
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(data),
-                         processing_class=tokenizer,
-                         callbacks=training_callbacks(paths.live_dir, resume, callbacks))
+                         eval_dataset=Dataset.from_list(eval_data) if eval_data else None, processing_class=tokenizer,
+                         callbacks=training_callbacks(params, paths.live_dir, resume, callbacks))
     return trainer
-
-
-@contextlib.contextmanager
-def completion_only_scoring():
-    """Make TRL's fused LM head score only the completion positions on CPU too.
-
-    TRL (1.15, 1.16) projects just the positions with a label on Triton devices; elsewhere it projects every
-    position so that compiled tile shapes stay fixed. Eager CPU compiles nothing, and here prompts are ~2,100
-    tokens against ~500-token answers, so scoring every position is ~5x the LM-head work (151,936 columns) for the
-    same log-probs (tests/test_training.py compares both). A TRL without this switch is left as it is.
-    """
-    try:
-        from trl.trainer import utils as trl_utils
-    except ImportError:
-        yield
-        return
-    original = getattr(trl_utils, "_use_triton", None)
-    if original is None:
-        yield
-        return
-    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
-    try:
-        yield
-    finally:
-        trl_utils._use_triton = original
 
 
 def reference_is_policy(trainer) -> bool:
@@ -112,26 +91,30 @@ STEP0_TOLERANCE = 1e-3
 
 
 def train_dpo(params: DPOParams, *, model_name: str, backend: str, load_in_4bit: bool, data_path: Path,
-              stage2_adapter: Path, paths: RunPaths, callbacks=(), restart: bool = False,
-              revision: str | None = None) -> dict:
-    """Train Stage 3 and write adapter (default only), metrics and curves. Returns the metrics.
+              stage2_adapter: Path, paths: RunPaths, callbacks=(), eval_path: Path | None = None,
+              restart: bool = False, revision: str | None = None) -> dict:
+    """Train Stage 3 (scoring the held-out pairs in `eval_path`, if given) and write adapter (default only), metrics
+    and curves. Returns the metrics.
 
     Raises DPOReferenceError, writing no adapter, unless the run starts from the Stage 2 policy as its reference
     (TRL's frozen `ref` copy, step-0 loss ln 2, margins 0)."""
     data = load_pairs(data_path)
+    eval_data = held_out_slice(load_pairs(eval_path) if eval_path is not None else None, params)
     resolved = {
         "stage": "stage3", "backend": backend, "base_model": model_name, "revision": revision,
         "load_in_4bit": load_in_4bit, "init_adapter": str(stage2_adapter),
         "reference": "stage2 adapter (frozen copy)", "data": str(data_path), "records": len(data),
+        "eval_data": None if eval_path is None else str(eval_path), "eval_records": len(eval_data or ()),
         "params": params.model_dump(mode="json"),
     }
     resume_from = checkpoints.prepare_on_all_ranks(paths.checkpoint_dir, checkpoints.run_config(
         stage="stage3", backend=backend, base_model=model_name, revision=revision, load_in_4bit=load_in_4bit,
-        params=params.model_dump(mode="json"), inputs=[data_path, stage2_adapter]), restart=restart)
+        params=params.model_dump(mode="json"),
+        inputs=[data_path, stage2_adapter] + ([] if eval_path is None else [eval_path])), restart=restart)
     backends.reset_peak_memory()
     trainer = build_dpo_trainer(params, model_name=model_name, backend=backend, load_in_4bit=load_in_4bit,
                                 data=data, stage2_adapter=stage2_adapter, paths=paths, callbacks=callbacks,
-                                resume=resume_from is not None, revision=revision)
+                                eval_data=eval_data, resume=resume_from is not None, revision=revision)
     if not reference_is_policy(trainer):
         raise DPOReferenceError(f"{stage2_adapter}: TRL did not set up a frozen copy of the Stage 2 adapter as the "
                                 f"DPO reference, so DPO would pull towards another policy; {paths.output_dir} not "
@@ -165,10 +148,12 @@ def check_reference_start(metrics: dict, stage2_adapter: Path, output_dir: Path)
 
 
 def summarize(trainer, result, seconds: float, info: RunInfo, resume_from: str | None) -> dict:
-    """The common run summary plus DPO's rewards at step 0 (ln 2 / margin 0 check) and at the end."""
+    """The common run summary plus DPO's rewards at step 0 (ln 2 / margin 0 check), at the end, and on the held-out
+    pairs (the saved model's evaluation)."""
     first = first_log(trainer)
     history = [h for h in trainer.state.log_history if "loss" in h]
     last = history[-1] if history else {}
+    held_out = final_eval(trainer)
     return {
         **run_summary(trainer, result, seconds, info, resume_from),
         "step0_loss": finite(first.get("loss")),
@@ -177,4 +162,8 @@ def summarize(trainer, result, seconds: float, info: RunInfo, resume_from: str |
         "final_reward_accuracy": finite(last.get("rewards/accuracies")),
         "final_rewards_chosen": finite(last.get("rewards/chosen")),
         "final_rewards_rejected": finite(last.get("rewards/rejected")),
+        "eval_reward_margin": finite(held_out.get("eval_rewards/margins")),
+        "eval_reward_accuracy": finite(held_out.get("eval_rewards/accuracies")),
+        "eval_rewards_chosen": finite(held_out.get("eval_rewards/chosen")),
+        "eval_rewards_rejected": finite(held_out.get("eval_rewards/rejected")),
     }

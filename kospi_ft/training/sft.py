@@ -8,8 +8,12 @@ One module, two params sections (`stage1`, `stage2`), as alignment-handbook's sf
   attention (checked on an H200: document B's logits packed after A equal B's alone, max diff 0.0, versus 1.9
   with one continuous position range). `wrapped` trades that exactness for fixed full rows (see SFTParams).
 - Loss on assistant tokens only, from the chat template's {% generation %} markers.
-- Cosine schedule with 10% warmup; AdamW 8-bit on CUDA, torch AdamW on CPU; fp32 on CPU.
+- Cosine schedule with 10% warmup; AdamW 8-bit on CUDA, torch AdamW on CPU; fp32 on CPU. The LM head projects only
+  the answer positions on CPU too (`lm_head.completion_only_scoring`).
 - Stage 2 continues the Stage 1 adapter (trainable); `skip_stage1` starts a fresh adapter on the base.
+- A held-out split (Stage 1: stage1_data's eval slice, Stage 2: the synthetic eval set) is packed the same way and
+  scored every `eval_steps` and after the last step (eval_loss in the curves and the metrics); optional early
+  stopping keeps the best checkpoint.
 Raises DataValidationError when no assistant token survives truncation (training would run with loss 0).
 """
 from __future__ import annotations
@@ -24,8 +28,9 @@ from ..errors import DataValidationError
 from ..jsonl import read_jsonl
 from . import backends, checkpoints, distributed
 from .backends import LoraParams
-from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, run_summary, save_adapter,
-                     trainer_arguments, training_callbacks)
+from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, held_out_slice, run_summary,
+                     save_adapter, trainer_arguments, training_callbacks)
+from .lm_head import completion_only_scoring
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +92,10 @@ def count_label_tokens(dataset) -> tuple[int, int]:
 
 
 def build_sft_trainer(params: SFTParams, *, model_name: str, backend: str, load_in_4bit: bool, data: list[dict],
-                      init_adapter: Path | None, paths: RunPaths, callbacks=(), resume: bool = False,
-                      revision: str | None = None):
-    """The model with its adapter and a configured SFTTrainer (not yet trained). `resume`: dvclive continues the
-    curves of the interrupted run."""
+                      init_adapter: Path | None, paths: RunPaths, callbacks=(), eval_data: list[dict] | None = None,
+                      resume: bool = False, revision: str | None = None):
+    """The model with its adapter and a configured SFTTrainer (not yet trained); `eval_data`: the held-out split,
+    `resume`: dvclive continues the curves of the interrupted run."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -105,15 +110,16 @@ def build_sft_trainer(params: SFTParams, *, model_name: str, backend: str, load_
         model = backends.attach_lora(model, params, backend, params.seed)
 
     args = SFTConfig(
-        **trainer_arguments(params, backend, paths.checkpoint_dir),
+        **trainer_arguments(params, backend, paths.checkpoint_dir, evaluate=bool(eval_data)),
         max_length=params.max_seq_length,
         packing=True,
         packing_strategy=params.packing_strategy,
         assistant_only_loss=True,
         dataset_num_proc=None,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tokenizer,
-                         callbacks=training_callbacks(paths.live_dir, resume, callbacks))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(data),
+                         eval_dataset=Dataset.from_list(eval_data) if eval_data else None, processing_class=tokenizer,
+                         callbacks=training_callbacks(params, paths.live_dir, resume, callbacks))
     if params.packing_strategy == "wrapped":
         # The Trainer builds its dataloader from train_dataset and data_collator at train(), after TRL prepared
         # (tokenized, packed and shuffled) the data here in __init__.
@@ -154,32 +160,37 @@ def full_rows_only(dataset, length: int, min_rows: int):
 
 
 def train_sft(params: SFTParams, *, stage: str, model_name: str, backend: str, load_in_4bit: bool,
-              data_path: Path, init_adapter: Path | None, paths: RunPaths, callbacks=(), restart: bool = False,
-              revision: str | None = None) -> dict:
-    """Train one SFT stage and write adapter, metrics and curves. Returns the metrics.
+              data_path: Path, init_adapter: Path | None, paths: RunPaths, callbacks=(),
+              eval_path: Path | None = None, restart: bool = False, revision: str | None = None) -> dict:
+    """Train one SFT stage (scoring the held-out split in `eval_path`, if given) and write adapter, metrics and
+    curves. Returns the metrics.
 
     Resumes from the newest complete checkpoint of the same run (see `checkpoints`); `restart` starts over."""
     data = load_conversations(data_path)
+    eval_data = held_out_slice(load_conversations(eval_path) if eval_path is not None else None, params)
     resolved = {
         "stage": stage, "backend": backend, "base_model": model_name, "revision": revision,
         "load_in_4bit": load_in_4bit, "init_adapter": None if init_adapter is None else str(init_adapter),
-        "data": str(data_path), "records": len(data), "params": params.model_dump(mode="json"),
+        "data": str(data_path), "records": len(data), "eval_data": None if eval_path is None else str(eval_path),
+        "eval_records": len(eval_data or ()), "params": params.model_dump(mode="json"),
     }
     resume_from = checkpoints.prepare_on_all_ranks(paths.checkpoint_dir, checkpoints.run_config(
         stage=stage, backend=backend, base_model=model_name, revision=revision, load_in_4bit=load_in_4bit,
         params=params.model_dump(mode="json"),
-        inputs=[data_path] + ([] if init_adapter is None else [init_adapter])), restart=restart)
+        inputs=[data_path] + [p for p in (eval_path, init_adapter) if p is not None]), restart=restart)
     backends.reset_peak_memory()
     trainer = build_sft_trainer(params, model_name=model_name, backend=backend, load_in_4bit=load_in_4bit,
                                 data=data, init_adapter=init_adapter, paths=paths, callbacks=callbacks,
-                                resume=resume_from is not None, revision=revision)
+                                eval_data=eval_data, resume=resume_from is not None, revision=revision)
     label_tokens, total_tokens = count_label_tokens(trainer.train_dataset)
-    if label_tokens == 0:
-        raise DataValidationError(
-            f"{data_path}: no assistant token is left within max_seq_length={params.max_seq_length} "
-            "(prompts longer than the limit?); training would run with loss 0. Raise max_seq_length.")
+    for path, dataset, labels in ((data_path, trainer.train_dataset, label_tokens),
+                                  (eval_path, trainer.eval_dataset, None)):
+        if dataset is not None and (labels if labels is not None else count_label_tokens(dataset)[0]) == 0:
+            raise DataValidationError(
+                f"{path}: no assistant token is left within max_seq_length={params.max_seq_length} "
+                "(prompts longer than the limit?); its loss would be 0. Raise max_seq_length.")
     rows = len(trainer.train_dataset)
-    with Timer() as timer:
+    with Timer() as timer, completion_only_scoring():
         result = trainer.train(resume_from_checkpoint=resume_from)
     info = RunInfo(stage=stage, backend=backend, base_model=model_name,
                    init_adapter=None if init_adapter is None else str(init_adapter))
