@@ -245,10 +245,12 @@ def resume(work: Path, results: Path, stage: str) -> bool:
 
 
 def evaluate_variant(work: Path, results: Path, model: str, label: str, backend: str, gpu_layers: int | None,
-                     n_samples: int) -> bool:
+                     n_samples: int, max_new_tokens: int) -> bool:
+    """Generation only (the likelihood metrics ran in the DVC stage): one backend / build on the same samples."""
     out = results.parent / f"eval-{model}-{label}.json"
     cmd = [sys.executable, "-m", "stages.evaluate", "--name", model, "--backend", backend, "--n-samples",
-           str(n_samples), "--output", str(out), "--no-progress"]
+           str(n_samples), "--max-new-tokens", str(max_new_tokens), "--no-likelihood", "--output", str(out),
+           "--no-progress"]
     if gpu_layers is not None:
         cmd += ["--gpu-layers", str(gpu_layers)]
     return run_step(work, results, f"evaluate@{model}[{label}]", cmd, lambda w: _eval_numbers(out))
@@ -271,6 +273,7 @@ def main() -> None:
     e.add_argument("--backend", default="llamacpp")
     e.add_argument("--gpu-layers", type=int)
     e.add_argument("--n-samples", type=int, default=2)
+    e.add_argument("--max-new-tokens", type=int, default=128)
     a = ap.parse_args()
     if a.cmd == "prepare":
         prepare(a.work, a.model, a.cpu)
@@ -281,8 +284,8 @@ def main() -> None:
     elif a.cmd == "resume":
         ok = all(resume(a.work, a.results, s) for s in a.stages)
     else:
-        ok = all(evaluate_variant(a.work, a.results, s, a.label, a.backend, a.gpu_layers, a.n_samples)
-                 for s in a.stages)
+        ok = all(evaluate_variant(a.work, a.results, s, a.label, a.backend, a.gpu_layers, a.n_samples,
+                                  a.max_new_tokens) for s in a.stages)
     sys.exit(0 if ok else 1)
 
 

@@ -60,7 +60,9 @@ case $PHASE in
     $E2E repro "$WORK" stage2_data stage2 stage3 --results "$RESULTS" || exit 1
     ;;
   export)
-    [ -d "$WORK/models/stage3" ] || { echo "run the train phase first (in this machine's lifetime)"; exit 1; }
+    [ -d "$WORK/models/stage2" ] || { echo "run the train phase first (in this machine's lifetime)"; exit 1; }
+    # A train phase cut short by its call's limit resumes Stage 3 from its last checkpoint here.
+    [ -d "$WORK/models/stage3" ] || $E2E repro "$WORK" stage3 --results "$RESULTS" || exit 1
     $E2E repro "$WORK" export@base export@stage3 --results "$RESULTS" || exit 1
     for _ in $(seq 1 120); do [ -f /tmp/llama-cuda.done ] && break; sleep 5; done
     cat /tmp/llama-cuda.done "$RES/llama-cuda-build.log" 2>/dev/null | tail -3
@@ -68,13 +70,14 @@ case $PHASE in
       export PYTHONPATH=/tmp/llama-cuda:$BASE_PYTHONPATH:$HERE
       python3 -c "import llama_cpp; print('gpu offload:', llama_cpp.llama_supports_gpu_offload())" | tee -a "$RES/gpu.txt"
       $E2E repro "$WORK" evaluate@base evaluate@stage3 compare --results "$RESULTS"
-      $E2E eval "$WORK" stage3 --results "$RESULTS" --label llamacpp-gpu --gpu-layers -1 --n-samples 4
+      # The same GGUF and samples on the GPU build (every layer offloaded) and the CPU build (16 threads).
+      $E2E eval "$WORK" stage3 --results "$RESULTS" --label llamacpp-gpu --gpu-layers -1 --n-samples 2
       (cd "$HERE" && python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_evaluation.py tests/test_training.py \
         -k guardrails 2>&1 | tail -3 | tee -a "$RES/gpu.txt")
     fi
-    export PYTHONPATH=$BASE_PYTHONPATH:$HERE   # the CPU build of llama.cpp, the same GGUF
+    export PYTHONPATH=$BASE_PYTHONPATH:$HERE   # the CPU build of llama.cpp
     $E2E eval "$WORK" stage3 --results "$RESULTS" --label llamacpp-cpu --gpu-layers 0 --n-samples 2
-    $E2E eval "$WORK" stage3 --results "$RESULTS" --label hf-gpu --backend hf --n-samples 2
+    $E2E eval "$WORK" stage3 --results "$RESULTS" --label hf-gpu --backend hf --n-samples 1 --max-new-tokens 64
     ;;
   bench)
     # Throughput against the raw unsloth loop in the same call: Stage 2 at its real shape (seq 4096, the
