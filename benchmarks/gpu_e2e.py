@@ -164,8 +164,12 @@ def _train_numbers(work: Path, stage: str) -> dict:
     return {k: m[k] for k in keep if k in m}
 
 
+LOGS = Path(os.environ.get("E2E_LOGS", "/tmp/e2e-logs"))  # one log per step, kept out of the results' folder
+
+
 def run_step(work: Path, results: Path, label: str, cmd: list[str], extra=None) -> bool:
-    log_file = results.parent / f"{label.replace('@', '_').replace('[', '-').replace(']', '')}.log"
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log_file = LOGS / f"{label.replace('@', '_').replace('[', '-').replace(']', '')}.log"
     t0 = time.perf_counter()
     with log_file.open("w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT)
@@ -219,7 +223,8 @@ def resume(work: Path, results: Path, stage: str) -> bool:
     cmd = {"stage1": ["-m", "stages.sft", "--stage", "stage1"], "stage2": ["-m", "stages.sft", "--stage", "stage2"],
            "stage3": ["-m", "stages.dpo"]}[stage]
     ckpt_dir = work / "checkpoints" / stage
-    log = (results.parent / f"{stage}_killed.log").open("w")
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log = (LOGS / f"{stage}_killed.log").open("w")
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, *cmd], cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -247,7 +252,7 @@ def resume(work: Path, results: Path, stage: str) -> bool:
 def evaluate_variant(work: Path, results: Path, model: str, label: str, backend: str, gpu_layers: int | None,
                      n_samples: int, max_new_tokens: int) -> bool:
     """Generation only (the likelihood metrics ran in the DVC stage): one backend / build on the same samples."""
-    out = results.parent / f"eval-{model}-{label}.json"
+    out = LOGS / f"eval-{model}-{label}.json"
     cmd = [sys.executable, "-m", "stages.evaluate", "--name", model, "--backend", backend, "--n-samples",
            str(n_samples), "--max-new-tokens", str(max_new_tokens), "--no-likelihood", "--output", str(out),
            "--no-progress"]
