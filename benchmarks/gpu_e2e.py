@@ -68,7 +68,7 @@ def prepare(work: Path, model: str, cpu: bool) -> None:
     if files is None:  # a working-tree copy without .git (the device machine's)
         files = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*") if p.is_file()]
     for rel in filter(None, files):
-        if any(rel == s or rel.startswith(s + "/") for s in COPY_SKIP):
+        if any(rel == s or rel.startswith(s + "/") for s in COPY_SKIP) or not (ROOT / rel).is_file():
             continue
         target = work / rel
         target.parent.mkdir(parents=True, exist_ok=True)
