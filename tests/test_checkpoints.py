@@ -15,20 +15,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kospi_ft.base_model import TinyShape, build_tiny_model
-from kospi_ft.tokenizer import load_tokenizer
 from kospi_ft.training import checkpoints
+
+from model_fixtures import build_tiny_hf
 
 DRIVER = Path(__file__).parent / "killable_training.py"
 
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory) -> str:
-    tok = load_tokenizer()
-    out = tmp_path_factory.mktemp("base")
-    build_tiny_model(TinyShape(hidden_size=256, intermediate_size=256, num_hidden_layers=1), 0, tok).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    return str(build_tiny_hf(tmp_path_factory.mktemp("base"))[0])
 
 
 def run(base_dir: str, root: Path, mode: str, *extra: str) -> subprocess.CompletedProcess:

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kospi_ft.base_model import TinyShape, build_tiny_model
-from kospi_ft.tokenizer import load_tokenizer
-from kospi_ft.training import checkpoints, distributed
 from kospi_ft.errors import ParamsError
+from kospi_ft.training import checkpoints, distributed
+
+from model_fixtures import build_tiny_hf
 
 pytestmark = pytest.mark.ddp
 DRIVER = Path(__file__).parent / "ddp_training.py"
@@ -23,10 +23,7 @@ DRIVER = Path(__file__).parent / "ddp_training.py"
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> Path:
-    tok = load_tokenizer()
-    base = tmp_path_factory.mktemp("base")
-    build_tiny_model(TinyShape(hidden_size=256, intermediate_size=256, num_hidden_layers=1), 0, tok).save_pretrained(base)
-    tok.save_pretrained(base)
+    base, _ = build_tiny_hf(tmp_path_factory.mktemp("base"))
     root = tmp_path_factory.mktemp("ddp")
     # The launcher the stages use (distributed.launch_command), on the driver script instead of a stage module.
     launcher = distributed.launch_command(2, "x", [])[:-2]

@@ -11,14 +11,15 @@ import torch
 from safetensors.torch import load_file
 
 from kospi_ft import params, presets
-from kospi_ft.base_model import ModelParams, TinyShape, build_tiny_model
+from kospi_ft.base_model import ModelParams
 from kospi_ft.errors import DataValidationError, ParamsError
-from kospi_ft.tokenizer import load_tokenizer
 from kospi_ft.training import backends
 from kospi_ft.training.common import RunPaths, trainer_arguments
 from kospi_ft.training.dpo import LN2, DPOParams, build_dpo_trainer, load_pairs, reference_is_policy
 from kospi_ft.training.sft import (SFTParams, Stage2Params, build_sft_trainer, count_label_tokens,
                                   load_conversations, row_batches, train_sft)
+
+from model_fixtures import build_tiny_hf
 
 FIXTURES = Path(__file__).parent / "fixtures" / "training"
 # Small and fast; no warmup, so every step moves the weights (a 10% warmup makes step 1 run at lr 0).
@@ -27,12 +28,7 @@ SFT = dict(epochs=1, lr=1e-3, batch_size=1, max_seq_length=256, warmup_ratio=0.0
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory) -> str:
-    tok = load_tokenizer()
-    out = tmp_path_factory.mktemp("base")
-    shape = TinyShape(hidden_size=256, intermediate_size=256, num_hidden_layers=1)
-    build_tiny_model(shape, 0, tok).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    return str(build_tiny_hf(tmp_path_factory.mktemp("base"))[0])
 
 
 def run_paths(root: Path, name: str, live: bool = True) -> RunPaths:

@@ -36,12 +36,9 @@ from ..data.dpo_pairs import REJECTION_SHARES
 from ..errors import DataValidationError
 from ..jsonl import read_jsonl
 from ..schema import TaskType
+from ..training.lm_head import label_log_probs
 from .backends import Message, load_hf_model
 from .runner import EvalRecord
-
-#: Answer positions projected through the LM head at once: 256 x 151,936 fp32 logits = 156 MB.
-HEAD_CHUNK = 256
-
 
 @dataclass(frozen=True)
 class Scored:
@@ -69,19 +66,15 @@ def answer_logprobs(model, input_ids, answer_mask, first: int = 1):
     `input_ids`) is set, with log p(input_ids[t] | input_ids[:t]). The backbone runs over the whole row, the LM head
     only at the positions that predict those targets. `model`: a causal LM, or a PeftModel around one (adapter on).
     """
-    import torch
-
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = lm.base_model(input_ids=input_ids[None], use_cache=False).last_hidden_state[0]
     targets = answer_mask.nonzero().squeeze(-1)
     targets = targets[targets >= max(first, 1)]
     head = lm.get_output_embeddings()
-    out = []
-    for start in range(0, len(targets), HEAD_CHUNK):
-        rows = targets[start:start + HEAD_CHUNK]
-        logits = head(hidden[rows - 1]).float()  # the hidden state at t - 1 predicts token t
-        out.append(logits.log_softmax(-1).gather(-1, input_ids[rows, None]).squeeze(-1))
-    return targets, (torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32))
+    # The hidden state at t - 1 predicts token t; the training stages' label-only head, in tiles, with no extras.
+    logprobs, *_ = label_log_probs(hidden[targets - 1], head.weight, head.bias, input_ids[targets], temperature=1.0,
+                                   chunk_size=0, softcap=None, logit_scale=1.0, outputs=())
+    return targets, logprobs
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .. import atomic
+from . import distributed
 
 log = logging.getLogger(__name__)
 
@@ -138,19 +139,21 @@ def _move_aside(checkpoint_dir: Path, old_fingerprint: str | None, why: str) -> 
                 checkpoint_dir, why, aside)
 
 
+def recorded_fingerprint(checkpoint_dir: Path) -> str | None:
+    """The fingerprint of the run that wrote `checkpoint_dir`, or None (none recorded, or unreadable)."""
+    try:
+        return json.loads((checkpoint_dir / FINGERPRINT_FILE).read_text(encoding="utf-8"))["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def prepare(checkpoint_dir: str | os.PathLike, config: dict, restart: bool = False) -> str | None:
     """The newest complete checkpoint of this config to resume from, or None to train from step 0.
 
     Afterwards `checkpoint_dir` exists and carries this config's fingerprint."""
     checkpoint_dir = Path(checkpoint_dir)
     ours = fingerprint(config)
-    recorded = None
-    fingerprint_file = checkpoint_dir / FINGERPRINT_FILE
-    if fingerprint_file.is_file():
-        try:
-            recorded = json.loads(fingerprint_file.read_text(encoding="utf-8"))["fingerprint"]
-        except (ValueError, KeyError, TypeError):
-            recorded = None
+    recorded = recorded_fingerprint(checkpoint_dir)
     resume_from = None
     if recorded == ours and not restart:
         for ckpt in checkpoints(checkpoint_dir):
@@ -168,7 +171,7 @@ def prepare(checkpoint_dir: str | os.PathLike, config: dict, restart: bool = Fal
     else:
         _move_aside(checkpoint_dir, recorded, f"checkpoints come from another config ({recorded} != {ours})")
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(fingerprint_file, {"fingerprint": ours, "config": config})
+    atomic.write_json(checkpoint_dir / FINGERPRINT_FILE, {"fingerprint": ours, "config": config})
     (checkpoint_dir / FINISHED).unlink(missing_ok=True)  # a session starts: finished again only once it saves
     return resume_from
 
@@ -176,19 +179,13 @@ def prepare(checkpoint_dir: str | os.PathLike, config: dict, restart: bool = Fal
 def resume_point(checkpoint_dir: str | os.PathLike, config: dict) -> str | None:
     """What `prepare` chose, read without changing anything (the other DDP ranks, after rank 0 prepared)."""
     checkpoint_dir = Path(checkpoint_dir)
-    try:
-        recorded = json.loads((checkpoint_dir / FINGERPRINT_FILE).read_text(encoding="utf-8"))["fingerprint"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if recorded != fingerprint(config):
+    if recorded_fingerprint(checkpoint_dir) != fingerprint(config):
         return None
     return next((str(c) for c in checkpoints(checkpoint_dir) if problem(c) is None), None)
 
 
 def prepare_on_all_ranks(checkpoint_dir: str | os.PathLike, config: dict, restart: bool = False) -> str | None:
     """`prepare` on rank 0 (the only writer) while the other DDP ranks wait, then the same answer on every rank."""
-    from . import distributed
-
     distributed.init_process_group()
     resume_from = prepare(checkpoint_dir, config, restart) if distributed.is_main() else None
     distributed.barrier()
@@ -198,8 +195,6 @@ def prepare_on_all_ranks(checkpoint_dir: str | os.PathLike, config: dict, restar
 def manifest_callback():
     """A TrainerCallback that writes the manifest of each checkpoint once the Trainer has finished saving it."""
     from transformers import TrainerCallback
-
-    from . import distributed
 
     class ManifestCallback(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
@@ -215,8 +210,6 @@ def manifest_callback():
 def run_config(*, stage: str, backend: str, base_model: str, revision: str | None, load_in_4bit: bool,
                params: dict, inputs: Iterable[str | os.PathLike]) -> dict:
     """What identifies a training run for resuming: every input's content, not just its path."""
-    from . import distributed
-
     # The process count too: a resumed run must split the effective batch and the RNG states as the first did.
     return {"stage": stage, "backend": backend, "base_model": base_model, "revision": revision,
             "base_digest": content_digest(base_model), "load_in_4bit": load_in_4bit, "params": params,

@@ -260,6 +260,16 @@ def save_adapter(model, tokenizer, out_dir: Path, resolved: dict) -> None:
         atomic.write_json(tmp / "resolved_config.json", resolved)
 
 
+def write_outputs(trainer, paths: RunPaths, resolved: dict, metrics: dict) -> None:
+    """The stage's adapter, metrics and finished mark, written by rank 0 alone (every rank holds the same
+    weights); the other ranks wait for it."""
+    if distributed.is_main():
+        save_adapter(trainer.model, trainer.processing_class, paths.output_dir, resolved)
+        atomic.write_json(paths.metrics_file, metrics)
+        checkpoints.mark_finished(paths.checkpoint_dir, paths.output_dir)
+    distributed.barrier()
+
+
 def sort_target_modules(config_file: Path) -> None:
     """PEFT keeps target_modules as a set and writes it in hash order, which changes with each Python process:
     sorted, the adapter dir (a DVC out) hashes the same for the same training."""

@@ -19,12 +19,11 @@ from pathlib import Path
 
 from pydantic import Field
 
-from .. import atomic
 from ..errors import DataValidationError, PipelineError
 from ..jsonl import read_jsonl
-from . import backends, checkpoints, distributed
+from . import backends, checkpoints
 from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, final_eval, finite, first_log,
-                     held_out_slice, run_summary, save_adapter, trainer_arguments, training_callbacks)
+                     held_out_slice, run_summary, trainer_arguments, training_callbacks, write_outputs)
 from .lm_head import completion_only_scoring
 
 log = logging.getLogger(__name__)
@@ -125,11 +124,7 @@ def train_dpo(params: DPOParams, *, model_name: str, backend: str, load_in_4bit:
         stage="stage3", backend=backend, base_model=model_name, init_adapter=str(stage2_adapter)), resume_from)
     check_reference_start(metrics, stage2_adapter, paths.output_dir)
     # Only the trained `default` adapter is the Stage 3 model; TRL's `ref` copy is Stage 2 again.
-    if distributed.is_main():  # every rank holds the same weights; one writes
-        save_adapter(trainer.model, trainer.processing_class, paths.output_dir, resolved)
-        atomic.write_json(paths.metrics_file, metrics)
-        checkpoints.mark_finished(paths.checkpoint_dir, paths.output_dir)
-    distributed.barrier()
+    write_outputs(trainer, paths, resolved, metrics)
     return metrics
 
 

@@ -23,13 +23,12 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from .. import atomic
 from ..errors import DataValidationError
 from ..jsonl import read_jsonl
-from . import backends, checkpoints, distributed
+from . import backends, checkpoints
 from .backends import LoraParams
 from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, held_out_slice, run_summary,
-                     save_adapter, trainer_arguments, training_callbacks)
+                     trainer_arguments, training_callbacks, write_outputs)
 from .lm_head import completion_only_scoring
 
 log = logging.getLogger(__name__)
@@ -183,9 +182,11 @@ def train_sft(params: SFTParams, *, stage: str, model_name: str, backend: str, l
                                 data=data, init_adapter=init_adapter, paths=paths, callbacks=callbacks,
                                 eval_data=eval_data, resume=resume_from is not None, revision=revision)
     label_tokens, total_tokens = count_label_tokens(trainer.train_dataset)
-    for path, dataset, labels in ((data_path, trainer.train_dataset, label_tokens),
-                                  (eval_path, trainer.eval_dataset, None)):
-        if dataset is not None and (labels if labels is not None else count_label_tokens(dataset)[0]) == 0:
+    labelled = [(data_path, label_tokens)]
+    if trainer.eval_dataset is not None:
+        labelled.append((eval_path, count_label_tokens(trainer.eval_dataset)[0]))
+    for path, labels in labelled:
+        if labels == 0:
             raise DataValidationError(
                 f"{path}: no assistant token is left within max_seq_length={params.max_seq_length} "
                 "(prompts longer than the limit?); its loss would be 0. Raise max_seq_length.")
@@ -196,11 +197,7 @@ def train_sft(params: SFTParams, *, stage: str, model_name: str, backend: str, l
                    init_adapter=None if init_adapter is None else str(init_adapter))
     metrics = summarize(trainer, result, timer.seconds, params, rows, total_tokens, label_tokens, info,
                         resume_from)
-    if distributed.is_main():  # every rank holds the same weights; one writes
-        save_adapter(trainer.model, trainer.processing_class, paths.output_dir, resolved)
-        atomic.write_json(paths.metrics_file, metrics)
-        checkpoints.mark_finished(paths.checkpoint_dir, paths.output_dir)
-    distributed.barrier()
+    write_outputs(trainer, paths, resolved, metrics)
     return metrics
 
 
