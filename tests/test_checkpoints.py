@@ -84,9 +84,12 @@ def test_a_plain_rerun_after_sigkills_resumes_and_matches_an_uninterrupted_run(k
         [float(line.split("\t")[1]) for line in whole_curve], abs=1e-5)
 
 
-def complete_copy(uninterrupted: Path, tmp_path: Path) -> Path:
+def complete_copy(uninterrupted: Path, tmp_path: Path, finished: bool = True) -> Path:
+    """The uninterrupted run's checkpoint dir; `finished=False`: as if killed after its last checkpoint."""
     copy = tmp_path / "ckpt"
     shutil.copytree(uninterrupted / "checkpoints" / "stage1", copy)
+    if not finished:
+        (copy / checkpoints.FINISHED).unlink()
     return copy
 
 
@@ -105,7 +108,7 @@ def recorded_config(ckpt: Path) -> dict:
 ])
 def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(uninterrupted, tmp_path, caplog, damage,
                                                                      message):
-    ckpt = complete_copy(uninterrupted, tmp_path)
+    ckpt = complete_copy(uninterrupted, tmp_path, finished=False)
     newest, previous = checkpoints.checkpoints(ckpt)[:2]
     assert (newest.name, previous.name) == ("checkpoint-6", "checkpoint-4")
     damage(newest)
@@ -116,8 +119,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(uninterrupt
 
 
 def test_an_interrupted_runs_checkpoints_are_moved_aside_never_deleted(uninterrupted, tmp_path, caplog):
-    ckpt = complete_copy(uninterrupted, tmp_path)
-    (ckpt / checkpoints.FINISHED).unlink()  # as if killed before the end
+    ckpt = complete_copy(uninterrupted, tmp_path, finished=False)
     config = recorded_config(ckpt)
     assert checkpoints.prepare(ckpt, config) == str(ckpt / "checkpoint-6")  # same run: resume, no flag
     other = {**config, "params": {**config["params"], "lr": 5e-4}}
@@ -138,6 +140,16 @@ def test_a_finished_runs_checkpoints_go_when_another_config_starts(uninterrupted
     assert (ckpt / checkpoints.FINISHED).is_file()  # written after the adapter was saved
     assert checkpoints.prepare(ckpt, {**config, "params": {**config["params"], "lr": 5e-4}}) is None
     assert not checkpoints.checkpoints(ckpt) and not list(tmp_path.glob("ckpt.*"))  # its result is the out
+
+
+def test_a_finished_run_of_the_same_config_trains_again_from_step_0(uninterrupted, tmp_path, caplog):
+    # Not resumed at its final checkpoint: the rerun (new code, `dvc repro -f`) would train one step past the end.
+    ckpt = complete_copy(uninterrupted, tmp_path)
+    assert (ckpt / checkpoints.FINISHED).is_file() and checkpoints.checkpoints(ckpt)
+    with caplog.at_level("INFO", logger=checkpoints.__name__):
+        assert checkpoints.prepare(ckpt, recorded_config(ckpt)) is None
+    assert not checkpoints.checkpoints(ckpt) and not list(tmp_path.glob("ckpt.*"))
+    assert "training it again from step 0" in caplog.text
 
 
 def test_changed_data_with_the_same_path_and_params_does_not_resume(tmp_path):

@@ -417,6 +417,37 @@ def test_dpo_saves_only_the_trained_adapter(base_dir, stage2_dir, tmp_path):
     assert (tmp_path / "live-stage3" / "plots" / "metrics" / "rewards" / "margins.tsv").is_file()
 
 
+def test_a_resumed_dpo_run_continues_its_trained_policy(base_dir, stage2_dir, tmp_path):
+    """Killed after checkpoint-1 (here: checkpoint-2 and the finished mark taken away), the rerun resumes there and
+    saves what the uninterrupted run saved. transformers alone would reload only TRL's `ref` adapter (a subfolder
+    of the checkpoint) and train step 2 from the Stage 2 weights."""
+    import shutil
+
+    from kospi_ft.training import checkpoints
+    from kospi_ft.training.dpo import train_dpo
+
+    cfg = DPOParams(epochs=1, max_steps=2, lr=1e-3, batch_size=1, max_seq_length=256, save_steps=1,
+                    warmup_ratio=0.0)
+
+    def dpo(root: Path) -> dict:
+        return train_dpo(cfg, model_name=base_dir, backend="hf", load_in_4bit=True,
+                         data_path=FIXTURES / "dpo_pairs.jsonl", stage2_adapter=stage2_dir,
+                         paths=run_paths(root, "stage3", live=False))
+
+    whole = dpo(tmp_path / "whole")
+    ckpt = tmp_path / "cut" / "ckpt-stage3"
+    shutil.copytree(tmp_path / "whole" / "ckpt-stage3", ckpt)
+    shutil.rmtree(ckpt / "checkpoint-2")
+    (ckpt / checkpoints.FINISHED).unlink()
+    assert (ckpt / "checkpoint-1" / "ref").is_dir()  # the layout transformers mis-resumes
+    resumed = dpo(tmp_path / "cut")
+    assert resumed["resumed_from"].endswith("checkpoint-1") and resumed["steps"] == whole["steps"] == 2
+    saved, want = adapter_tensors(tmp_path / "cut" / "stage3"), adapter_tensors(tmp_path / "whole" / "stage3")
+    assert all(torch.equal(saved[k], want[k]) for k in want), "the resumed policy differs from the uninterrupted"
+    start = adapter_tensors(stage2_dir)
+    assert not any(torch.equal(saved[k], start[k]) for k in start)
+
+
 def test_dpo_off_its_stage2_reference_writes_no_stage3(base_dir, stage2_dir, tmp_path):
     """Step 0 off ln 2 (here: TRL's `ref` copy is dropped, so the reference is the bare base) is an error, and
     models/stage3 is not written."""

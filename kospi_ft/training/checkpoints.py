@@ -6,8 +6,9 @@ the data and of the adapter it starts from. A rerun (a plain `dvc repro` after a
 resumes from the newest complete checkpoint of the same fingerprint without any flag; `--restart` starts over.
 Checkpoints of an interrupted run with another fingerprint, and those a restart leaves behind, are moved aside to
 `checkpoints/<stage>.<fingerprint>/`, never deleted (a 20-hour Stage 1 is not thrown away by a params typo). Once
-a run has saved its adapter (`mark_finished`), its checkpoints only serve a rerun of that same run; when another
-config starts they are removed, since the result they led to is the stage's out (and in the DVC cache).
+a run has saved its adapter (`mark_finished`), its checkpoints are removed when the stage runs again, with
+any config: the result they led to is the stage's out (and in the DVC cache), and a rerun of the same config
+(changed code, `dvc repro -f`) trains from step 0.
 
 Complete means: the Trainer finished writing the dir and `ManifestCallback` then wrote `checkpoint.json` listing
 every file with its size and sha256. The Trainer writes into `checkpoint-<step>` in place, so a kill during a save
@@ -154,8 +155,11 @@ def prepare(checkpoint_dir: str | os.PathLike, config: dict, restart: bool = Fal
     checkpoint_dir = Path(checkpoint_dir)
     ours = fingerprint(config)
     recorded = recorded_fingerprint(checkpoint_dir)
+    # A finished run is not resumed: its last checkpoint is the stage's out already, and the Trainer resumed at
+    # its final step would train one step more. A rerun of the same config (new code, `dvc repro -f`) starts over.
+    finished = (checkpoint_dir / FINISHED).is_file()
     resume_from = None
-    if recorded == ours and not restart:
+    if recorded == ours and not restart and not finished:
         for ckpt in checkpoints(checkpoint_dir):
             why = problem(ckpt)
             if why is None:
@@ -168,6 +172,8 @@ def prepare(checkpoint_dir: str | os.PathLike, config: dict, restart: bool = Fal
             log.info("resuming from %s (same config: %s)", resume_from, ours)
     elif restart:
         _move_aside(checkpoint_dir, recorded, "--restart")
+    elif recorded == ours:
+        _move_aside(checkpoint_dir, recorded, "the run of this config finished; training it again from step 0")
     else:
         _move_aside(checkpoint_dir, recorded, f"checkpoints come from another config ({recorded} != {ours})")
     checkpoint_dir.mkdir(parents=True, exist_ok=True)

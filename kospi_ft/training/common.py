@@ -260,6 +260,28 @@ def save_adapter(model, tokenizer, out_dir: Path, resolved: dict) -> None:
         atomic.write_json(tmp / "resolved_config.json", resolved)
 
 
+def restore_trained_adapter(trainer, checkpoint: str | None) -> None:
+    """Load the trained `default` adapter of `checkpoint` into the model before a resumed train().
+
+    With several adapters (DPO: the trained `default` and TRL's frozen `ref`) PEFT saves `default` at the
+    checkpoint's root and the others in subfolders, and transformers (5.17) resumes only the subfolders' adapters:
+    the policy would restart from its initial weights (the Stage 2 adapter) under the resumed optimizer and step."""
+    if checkpoint is None:
+        return
+    root = Path(checkpoint)
+    weights = root / "adapter_model.safetensors"
+    if not weights.is_file() or not any((d / weights.name).is_file() for d in root.iterdir() if d.is_dir()):
+        return  # one adapter at the root: the Trainer loads it itself
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    result = set_peft_model_state_dict(model, load_file(str(weights)), adapter_name="default")
+    if result.unexpected_keys:
+        raise DataValidationError(f"{weights}: {len(result.unexpected_keys)} tensors match no parameter of the "
+                                  f"model's `default` adapter (e.g. {result.unexpected_keys[0]}); cannot resume")
+
+
 def write_outputs(trainer, paths: RunPaths, resolved: dict, metrics: dict) -> None:
     """The stage's adapter, metrics and finished mark, written by rank 0 alone (every rank holds the same
     weights); the other ranks wait for it."""

@@ -23,7 +23,8 @@ from ..errors import DataValidationError, PipelineError
 from ..jsonl import read_jsonl
 from . import backends, checkpoints
 from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, final_eval, finite, first_log,
-                     held_out_slice, run_summary, trainer_arguments, training_callbacks, write_outputs)
+                     held_out_slice, restore_trained_adapter, run_summary, trainer_arguments,
+                     training_callbacks, write_outputs)
 from .lm_head import completion_only_scoring
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ def train_dpo(params: DPOParams, *, model_name: str, backend: str, load_in_4bit:
         raise DPOReferenceError(f"{stage2_adapter}: TRL did not set up a frozen copy of the Stage 2 adapter as the "
                                 f"DPO reference, so DPO would pull towards another policy; {paths.output_dir} not "
                                 f"written")
+    restore_trained_adapter(trainer, resume_from)
     with Timer() as timer, completion_only_scoring():
         result = trainer.train(resume_from_checkpoint=resume_from)
     metrics = summarize(trainer, result, timer.seconds, RunInfo(

@@ -27,8 +27,8 @@ from ..errors import DataValidationError
 from ..jsonl import read_jsonl
 from . import backends, checkpoints
 from .backends import LoraParams
-from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, held_out_slice, run_summary,
-                     trainer_arguments, training_callbacks, write_outputs)
+from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, held_out_slice,
+                     restore_trained_adapter, run_summary, trainer_arguments, training_callbacks, write_outputs)
 from .lm_head import completion_only_scoring
 
 log = logging.getLogger(__name__)
@@ -191,6 +191,7 @@ def train_sft(params: SFTParams, *, stage: str, model_name: str, backend: str, l
                 f"{path}: no assistant token is left within max_seq_length={params.max_seq_length} "
                 "(prompts longer than the limit?); its loss would be 0. Raise max_seq_length.")
     rows = len(trainer.train_dataset)
+    restore_trained_adapter(trainer, resume_from)  # a no-op for one adapter (see there)
     with Timer() as timer, completion_only_scoring():
         result = trainer.train(resume_from_checkpoint=resume_from)
     info = RunInfo(stage=stage, backend=backend, base_model=model_name,
