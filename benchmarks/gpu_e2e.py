@@ -12,6 +12,12 @@ resume check, the stage's own command) and appends one JSON line to RESULTS:
     python benchmarks/gpu_e2e.py repro WORK stage1 [stage2 ...] --results RESULTS
     python benchmarks/gpu_e2e.py resume WORK stage1 --results RESULTS     # SIGKILL after checkpoint 1, rerun
     python benchmarks/gpu_e2e.py eval WORK stage3 --results RESULTS --label cpu --gpu-layers 0 --n-samples 2
+    python benchmarks/gpu_e2e.py llama-diag MODEL.gguf --results RESULTS --gpu-layers -1
+
+`llama-diag` loads a GGUF in one fresh process per case, each case one difference between a bare
+`Llama(n_gpu_layers=-1)` and what the evaluate stage does (quiet loading, the offload query first, n_ctx 8192, every
+core, torch or the stage's imports loaded first, the stage's own backend), and records the exit status (a crash is
+a negative signal number), the Python stack faulthandler printed, and the CUDA libraries each process had mapped.
 
 `bash benchmarks/gpu_e2e.sh` runs them in order on the device machine. `--cpu` (prepare) swaps in the hf backend
 and the CPU so the same steps run on a machine without a GPU (a check of the plumbing, not of speed).
@@ -57,18 +63,28 @@ def _leaves(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def prepare(work: Path, model: str, cpu: bool) -> None:
-    """Copy the project (tracked files and fixtures, no outputs) to WORK as a fresh git repo with the preset."""
+# What a refresh of an existing WORK keeps: the outputs' record (dvc.lock) and the metrics the stages wrote there.
+KEEP_ON_REFRESH = {"dvc.lock", "metrics"}
+
+
+def prepare(work: Path, model: str, cpu: bool, fresh: bool = True) -> None:
+    """Copy the project (tracked files and fixtures, no outputs) to WORK as a fresh git repo with the preset.
+
+    `fresh=False` on an existing WORK refreshes its code and params in place and keeps what its stages made (the
+    outputs, dvc.lock, the metrics), so a later call of the same machine runs the current code on them: DVC reruns
+    only the stages whose code changed."""
     from kospi_ft import params, presets
 
-    if work.exists():
+    refresh = work.exists() and not fresh
+    if work.exists() and not refresh:
         shutil.rmtree(work)
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True,
                            check=True).stdout.decode().split("\0") if (ROOT / ".git").exists() else None
     if files is None:  # a working-tree copy without .git (the device machine's)
         files = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*") if p.is_file()]
+    skip = COPY_SKIP | (KEEP_ON_REFRESH if refresh else set())
     for rel in filter(None, files):
-        if any(rel == s or rel.startswith(s + "/") for s in COPY_SKIP) or not (ROOT / rel).is_file():
+        if any(rel == s or rel.startswith(s + "/") for s in skip) or not (ROOT / rel).is_file():
             continue
         target = work / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -82,14 +98,20 @@ def prepare(work: Path, model: str, cpu: bool) -> None:
     for key, value in overrides.items():
         params.update(pfile, key, value)
     params.read_raw(pfile)  # validates
-    if shutil.which("git"):
+    if refresh:
+        if (work / ".git").exists():
+            git = ["git", "-c", "user.name=e2e", "-c", "user.email=e2e@localhost"]
+            subprocess.run([*git, "add", "-A"], cwd=work, check=True)
+            subprocess.run([*git, "commit", "-qm", "e2e refresh", "--allow-empty"], cwd=work, check=True)
+    elif shutil.which("git"):
         git = ["git", "-c", "user.name=e2e", "-c", "user.email=e2e@localhost"]
         subprocess.run(["git", "init", "-q"], cwd=work, check=True)
         subprocess.run([*git, "add", "-A"], cwd=work, check=True)
         subprocess.run([*git, "commit", "-qm", "e2e"], cwd=work, check=True)
     else:  # DVC without git: the pipeline runs the same, only experiments need git
         subprocess.run([sys.executable, "-m", "dvc", "config", "core.no_scm", "true"], cwd=work, check=True)
-    print(json.dumps({"stage": "prepare", "ok": True, "work": str(work), "overrides": overrides}), flush=True)
+    print(json.dumps({"stage": "prepare", "ok": True, "work": str(work), "refreshed": refresh,
+                      "overrides": overrides}), flush=True)
 
 
 class Watch:
@@ -142,7 +164,8 @@ class Watch:
 
 
 def _env() -> dict:
-    return {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
+    # faulthandler: a stage that crashes (SIGSEGV) leaves its Python stack in the step's log.
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
 
 
 def record(results: Path, row: dict) -> None:
@@ -261,6 +284,100 @@ def evaluate_variant(work: Path, results: Path, model: str, label: str, backend:
     return run_step(work, results, f"evaluate@{model}[{label}]", cmd, lambda w: _eval_numbers(out))
 
 
+# ---- llama.cpp load diagnosis -----------------------------------------------------------------------------------
+
+# case -> (code run before llama_cpp is imported, keyword arguments of Llama, query llama_supports_gpu_offload first)
+LLAMA_CASES: dict[str, tuple[str, dict, bool]] = {
+    "bare": ("", {}, False),
+    "quiet": ("", {"verbose": False}, False),
+    "offload_query_first": ("", {}, True),
+    "n_ctx_8192": ("", {"n_ctx": 8192}, False),
+    "threads_all": ("", {"n_threads": os.cpu_count(), "n_threads_batch": os.cpu_count()}, False),
+    "torch_imported": ("import torch", {}, False),
+    "torch_cuda_initialised": ("import torch\nif torch.cuda.is_available(): torch.zeros(1, device='cuda')", {}, False),
+    "stage_imports": ("import stages.evaluate", {}, False),
+    # The evaluate stage: its imports (pyarrow) and torch's CUDA context in this process, the backend's own
+    # llama.cpp process for the model.
+    "stage_backend": ("import stages.evaluate\nimport torch\nif torch.cuda.is_available(): torch.zeros(1, device='cuda')",
+                      {}, False),
+}
+
+
+def _cuda_libraries() -> list[str]:
+    """The CUDA runtime/BLAS/driver libraries this process has mapped (path, once each)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    keys = ("libcudart", "libcublas", "libcuda.so", "libggml-cuda", "libnvrtc", "libnvJitLink")
+    return sorted({line.split()[-1] for line in lines if any(k in line.split()[-1] for k in keys)})
+
+
+def llama_case(name: str, gguf: Path, gpu_layers: int, max_new_tokens: int = 128) -> None:
+    """One case, in this process: load the GGUF and answer one short chat; print the libraries mapped."""
+    pre, kwargs, query = LLAMA_CASES[name]
+    if pre:
+        exec(compile(pre, f"<case {name}>", "exec"), {})
+    if name != "stage_backend":
+        import llama_cpp
+
+        print(json.dumps({"case": name, "phase": "imported", "libraries": _cuda_libraries(),
+                          "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()) if query else None}),
+              flush=True)
+    messages = [{"role": "system", "content": "You are a KOSPI quant analyst."},
+                {"role": "user", "content": "Classify the regime: KOSPI -2.3%, breadth 25%."}]
+    speed = {}
+    if name == "stage_backend":
+        from kospi_ft.evaluation.backends import LlamaCppBackend
+        from kospi_ft.prompts import QUANT_SYSTEM_PROMPT
+
+        backend = LlamaCppBackend(gguf, n_ctx=8192, n_threads=0, gpu_layers=gpu_layers, require_gpu=gpu_layers != 0)
+        messages[0]["content"] = QUANT_SYSTEM_PROMPT
+        gen = backend.generate(messages, max_new_tokens)
+        text = gen.text
+        # Prompt processing: the ~1.4k-token system prompt, decoded alone as the stage does once per model.
+        speed = {"prompt_tokens": backend.last["prefix_tokens"],
+                 "prompt_tokens_per_s": round(backend.last["prefix_tokens"] / backend.last["prefix_s"], 1),
+                 "gen_tokens": gen.completion_tokens, "gen_seconds": round(gen.latency_s, 3),
+                 "gen_tokens_per_s": round(gen.completion_tokens / (gen.latency_s - backend.last["prefix_s"]), 1),
+                 "llama_process_preloaded": backend.worker["preloaded"]}
+        backend.close()
+    else:
+        llm = llama_cpp.Llama(model_path=str(gguf), n_gpu_layers=gpu_layers, **{"n_ctx": 2048, **kwargs})
+        text = llm.create_chat_completion(messages=messages, max_tokens=8)["choices"][0]["message"]["content"]
+        llm.close()
+    print(json.dumps({"case": name, "phase": "generated", "libraries": _cuda_libraries(), "text": text, **speed}),
+          flush=True)
+
+
+def llama_diag(gguf: Path, results: Path, gpu_layers: int, cases: list[str], timeout: float) -> bool:
+    """Every case in its own process; one result row per case."""
+    ok = True
+    for name in cases:
+        cmd = [sys.executable, "-X", "faulthandler", str(Path(__file__).resolve()), "llama-case", name, str(gguf),
+               "--gpu-layers", str(gpu_layers)]
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, env={**_env(), "PYTHONPATH": os.pathsep.join(
+                filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))}, capture_output=True, text=True,
+                timeout=timeout)
+            rc, out, err = proc.returncode, proc.stdout, proc.stderr
+        except subprocess.TimeoutExpired as exc:
+            rc, out, err = None, exc.stdout or "", exc.stderr or ""
+            out, err = (x.decode(errors="replace") if isinstance(x, bytes) else x for x in (out, err))
+        rows = [json.loads(line) for line in out.splitlines() if line.startswith('{"case"')]
+        row = {"stage": f"llama-diag[{name}]", "ok": rc == 0, "returncode": rc, "gpu_layers": gpu_layers,
+               "seconds": round(time.perf_counter() - t0, 1),
+               "libraries": rows[-1]["libraries"] if rows else None,
+               "gpu_offload": rows[0].get("gpu_offload") if rows else None,
+               **{k: v for k, v in (rows[-1] if rows else {}).items() if k.startswith(("prompt_", "gen_", "llama_process"))}}
+        if rc != 0:
+            row["stderr_tail"] = err[-2500:]
+        record(results, row)
+        ok = ok and rc == 0
+    return ok
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -268,6 +385,8 @@ def main() -> None:
     p.add_argument("work", type=Path)
     p.add_argument("--model", required=True, help="the local base model dir (a 7B-shaped random model)")
     p.add_argument("--cpu", action="store_true", help="hf backend on the CPU: check the plumbing without a GPU")
+    p.add_argument("--refresh", action="store_true", help="an existing WORK: refresh its code and params in place, "
+                                                          "keeping its outputs, dvc.lock and metrics")
     for name in ("repro", "resume", "eval"):
         s = sub.add_parser(name)
         s.add_argument("work", type=Path)
@@ -278,10 +397,27 @@ def main() -> None:
     e.add_argument("--backend", default="llamacpp")
     e.add_argument("--gpu-layers", type=int)
     e.add_argument("--n-samples", type=int, default=2)
-    e.add_argument("--max-new-tokens", type=int, default=128)
+    e.add_argument("--max-new-tokens", type=int, default=256)
+    d = sub.add_parser("llama-diag", help="load a GGUF once per case, each in a fresh process")
+    d.add_argument("gguf", type=Path)
+    d.add_argument("--results", type=Path, required=True)
+    d.add_argument("--gpu-layers", type=int, default=-1)
+    d.add_argument("--cases", nargs="+", choices=list(LLAMA_CASES), default=list(LLAMA_CASES))
+    d.add_argument("--timeout", type=float, default=180.0, help="seconds per case")
+    c = sub.add_parser("llama-case", help="one llama-diag case in this process")
+    c.add_argument("case", choices=list(LLAMA_CASES))
+    c.add_argument("gguf", type=Path)
+    c.add_argument("--gpu-layers", type=int, default=-1)
+    c.add_argument("--max-new-tokens", type=int, default=128, help="stage_backend: tokens generated for the speed")
     a = ap.parse_args()
+    if a.cmd == "llama-case":
+        llama_case(a.case, a.gguf, a.gpu_layers, a.max_new_tokens)
+        return
+    if a.cmd == "llama-diag":
+        a.results.parent.mkdir(parents=True, exist_ok=True)
+        sys.exit(0 if llama_diag(a.gguf, a.results, a.gpu_layers, a.cases, a.timeout) else 1)
     if a.cmd == "prepare":
-        prepare(a.work, a.model, a.cpu)
+        prepare(a.work, a.model, a.cpu, fresh=not a.refresh)
         return
     a.results.parent.mkdir(parents=True, exist_ok=True)
     if a.cmd == "repro":

@@ -13,6 +13,9 @@ SFTTrainer, packing, assistant-only loss, the project's backend setup) and print
 
 Conversations are generated with lengths spread so that best-fit packing has work to do; tokens/s counts the
 real (non-pad) tokens of each packed batch over the median steady-state step time, like the anchor.
+
+Every mode but `attn` also runs on a machine without a GPU (`--backend hf` on a tiny model, fp32): the test suite
+runs them so that a change to the training code or its params breaks this script in CI, not on the GPU machine.
 """
 from __future__ import annotations
 
@@ -58,9 +61,43 @@ def pairs(n: int, seed: int) -> list[dict]:
     return out
 
 
-def step_clock():
-    """A TrainerCallback recording each optimizer step's wall time, CUDA-synchronised at both ends."""
+def device() -> str:
     import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def sync() -> None:
+    """Wait for the GPU's queued work (a step's wall time); nothing to wait for on the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def reset_peak() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib(kind: str = "allocated") -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return round(getattr(torch.cuda, f"max_memory_{kind}")() / 2**30, 2)
+
+
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def step_clock():
+    """A TrainerCallback recording each optimizer step's wall time, synchronised with the GPU at both ends."""
     from transformers import TrainerCallback
 
     class StepClock(TrainerCallback):
@@ -71,11 +108,11 @@ def step_clock():
             self._seen = 0
 
         def on_step_begin(self, args, state, control, **kw):
-            torch.cuda.synchronize()
+            sync()
             self._t = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
-            torch.cuda.synchronize()
+            sync()
             self.times.append(time.perf_counter() - self._t)
             self.tokens.append(state.num_input_tokens_seen - self._seen)
             self._seen = state.num_input_tokens_seen
@@ -122,16 +159,18 @@ def bench_sft(args) -> dict:
     # The real preset's Stage 1 (or --section stage2) section, shortened to a few steps.
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text(encoding="utf-8"))
     stage1 = presets.applied(raw, "real")[args.section]
-    overrides = {"epochs": 1, "max_steps": args.steps, "save_steps": 10_000, "logging_steps": 1, "resume": False}
+    overrides = {"epochs": 1, "max_steps": args.steps, "save_steps": 10_000, "logging_steps": 1}
     for flag, key in (("seq", "max_seq_length"), ("bs", "batch_size"), ("grad_accum", "grad_accum"),
                       ("packing", "packing_strategy")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
-    params = SFTParams.model_validate({k: v for k, v in {**stage1, **overrides}.items() if k != "skip_stage1"})
+    # The section as it runs, less what only the stage's own command reads (Stage 2's skip_stage1); no held-out
+    # split is passed, so the measurement has no evaluation in it.
+    params = SFTParams.model_validate({k: v for k, v in {**stage1, **overrides}.items() if k in SFTParams.model_fields})
     tmp = Path(tempfile.mkdtemp())
     clock = step_clock()
     t0 = time.perf_counter()
-    torch.cuda.reset_peak_memory_stats()
+    reset_peak()
     trainer = build_sft_trainer(params, model_name=args.model, backend=backend, load_in_4bit=True,
                                 data=load_conversations(Path(args.data))[:args.records] if args.data
                                 else conversations(args.records, 0), init_adapter=None,
@@ -157,6 +196,7 @@ def bench_sft(args) -> dict:
     counted = len(shapes)  # the count above drew (and collated) its own batches
     result = trainer.train()
     train_shapes = shapes[counted:]
+    warm = min(2, len(clock.times) - 1)  # steps left out as warm-up (compilation); all but one on a short run
     if not any(clock.tokens):
         ga = params.grad_accum
         clock.tokens = [sum(b * n for b, n, _ in train_shapes[i * ga:(i + 1) * ga]) for i in range(len(clock.times))]
@@ -165,17 +205,18 @@ def bench_sft(args) -> dict:
         t, n = clock.times[first:], clock.tokens[first:]
         return sum(n) / sum(t), statistics.median(t)
 
-    tok_s, med = rate(2)
+    tok_s, med = rate(warm)
     tok_s_tail, med_tail = rate(len(clock.times) // 2)
     # The anchor's statistic (tokens of a step over the median steady step time), per step here since a step's
     # token count can vary with packing.
-    tok_s_median = statistics.median(n / t for n, t in zip(clock.tokens[2:], clock.times[2:]))
-    tokens_per_step = statistics.mean(clock.tokens[2:])
+    tok_s_median = statistics.median(n / t for n, t in zip(clock.tokens[warm:], clock.times[warm:]))
+    tokens_per_step = statistics.mean(clock.tokens[warm:])
     out = {
         "bench": "pipeline_sft", "section": args.section, "backend": backend, "packing": params.packing_strategy,
         "variant": "no_token_count" if args.no_token_count else None,
         "trl": __import__("trl").__version__, "seq": params.max_seq_length, "bs": params.batch_size,
         "grad_accum": params.grad_accum, "cudnn_sdp": torch.backends.cuda.cudnn_sdp_enabled(),
+        "effective_batch": params.batch_size * params.grad_accum,
         "load_s": round(load_s, 1), "step_s_median": round(med, 3),
         "tokens_per_step": round(tokens_per_step, 1),
         "tokens_per_s": round(tok_s), "tokens_per_s_second_half": round(tok_s_tail),
@@ -189,11 +230,10 @@ def bench_sft(args) -> dict:
         "micro_batches": len(train_shapes), "distinct_batch_shapes": len(set(train_shapes)),
         "batch_shapes_first": train_shapes[:12],
         "label_token_fraction": round(labels / total, 4),
-        "peak_alloc_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-        "peak_reserved_GiB": round(torch.cuda.max_memory_reserved() / 2**30, 2),
+        "peak_alloc_GiB": peak_gib("allocated"), "peak_reserved_GiB": peak_gib("reserved"),
         "loss_first": trainer.state.log_history[0].get("loss"), "train_loss": round(result.training_loss, 4),
         "step_times": [round(x, 3) for x in clock.times], "step_tokens": clock.tokens,
-        "gpu": torch.cuda.get_device_name(0),
+        "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h], "gpu": device_name(),
     }
     if args.adapter_out:
         from kospi_ft.training.common import save_adapter
@@ -212,15 +252,16 @@ def bench_packing(args) -> dict:
     model, tok = backends.load_base(args.model, backend, 2048, True)
     model = backends.attach_lora(model, backends.LoraParams(), backend, 0)
     model.eval()
-    a = tok(" ".join(WORDS * 6), return_tensors="pt").input_ids[0][:300].cuda()
-    b = tok(" ".join(reversed(WORDS * 5)), return_tensors="pt").input_ids[0][:200].cuda()
+    dev = device()
+    a = tok(" ".join(WORDS * 6), return_tensors="pt").input_ids[0][:300].to(dev)
+    b = tok(" ".join(reversed(WORDS * 5)), return_tensors="pt").input_ids[0][:200].to(dev)
     with torch.no_grad():
-        alone = model(input_ids=b[None], position_ids=torch.arange(len(b), device="cuda")[None]).logits[0].float()
+        alone = model(input_ids=b[None], position_ids=torch.arange(len(b), device=dev)[None]).logits[0].float()
         ids = torch.cat([a, b])[None]
-        pos = torch.cat([torch.arange(len(a)), torch.arange(len(b))]).cuda()[None]
+        pos = torch.cat([torch.arange(len(a)), torch.arange(len(b))]).to(dev)[None]
         packed = model(input_ids=ids, position_ids=pos).logits[0, len(a):].float()
         # The same packed row with one continuous position range: attention then does cross the boundary.
-        straight = torch.arange(ids.shape[1], device="cuda")[None]
+        straight = torch.arange(ids.shape[1], device=dev)[None]
         crossed = model(input_ids=ids, position_ids=straight).logits[0, len(a):].float()
     return {"bench": "packing", "backend": backend,
             "max_abs_diff_packed_vs_alone": float((packed - alone).abs().max()),
@@ -240,15 +281,14 @@ def bench_dpo(args) -> dict:
     data.write_text("".join(json.dumps(p) + "\n" for p in pairs(32, 1)))
     params = DPOParams(epochs=1, max_steps=args.steps, lr=5e-7, batch_size=1, grad_accum=2, max_seq_length=1024,
                        save_steps=10_000, beta=0.1)
-    torch.cuda.reset_peak_memory_stats()
+    reset_peak()
     metrics = train_dpo(params, model_name=args.model, backend=backend, load_in_4bit=True, data_path=data,
                         stage2_adapter=Path(args.adapter), paths=run_paths(tmp, "dpo"))
     saved = sorted(p.name for p in (tmp / "dpo").iterdir())
     return {"bench": "pipeline_dpo", "backend": backend, "trl": __import__("trl").__version__,
             "ln2": LN2, "step0_loss": metrics["step0_loss"], "step0_reward_margin": metrics["step0_reward_margin"],
             "step0_ok": abs(metrics["step0_loss"] - LN2) < 1e-3, "final_loss": metrics["final_loss"],
-            "peak_alloc_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2), "saved_files": saved,
-            "gpu": torch.cuda.get_device_name(0)}
+            "peak_alloc_GiB": peak_gib(), "saved_files": saved, "gpu": device_name()}
 
 
 def bench_layout(args) -> dict:
@@ -258,41 +298,47 @@ def bench_layout(args) -> dict:
     from kospi_ft.training import backends
 
     backend = backends.prepare_backend(args.backend)
-    import bitsandbytes as bnb
     import torch
 
     seq = args.seq or 2048
+    dev = device()
     model, _ = backends.load_base(args.model, backend, seq, True)
     model = backends.attach_lora(model, backends.LoraParams(), backend, 0)
     model.train()
-    opt = bnb.optim.AdamW8bit([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:  # the anchor's optimizer; the CPU stack does not install bitsandbytes
+        import bitsandbytes as bnb
+
+        opt, optimizer = bnb.optim.AdamW8bit(trainable, lr=2e-4), "adamw_8bit"
+    except ImportError:
+        opt, optimizer = torch.optim.AdamW(trainable, lr=2e-4), "adamw_torch"
     vocab = model.config.vocab_size
-    gen = torch.Generator(device="cuda").manual_seed(0)
+    gen = torch.Generator(device=dev).manual_seed(0)
 
     def batch(layout: str) -> dict:
-        ids = torch.randint(0, vocab - 1, (2, seq), device="cuda", generator=gen)
+        ids = torch.randint(0, vocab - 1, (2, seq), device=dev, generator=gen)
         if layout == "rows":
             return {"input_ids": ids, "labels": ids}
         labels = ids.clone()
         labels[:, 0] = -100
         if layout == "packed_masked":
             labels[:, : int(seq * 0.61)] = -100
-        pos = torch.arange(seq, device="cuda").repeat(2)
+        pos = torch.arange(seq, device=dev).repeat(2)
         return {"input_ids": ids.reshape(1, -1), "labels": labels.reshape(1, -1), "position_ids": pos[None],
-                "packed_seq_lengths": torch.tensor([seq, seq], dtype=torch.int32, device="cuda")}
+                "packed_seq_lengths": torch.tensor([seq, seq], dtype=torch.int32, device=dev)}
 
-    out = {"bench": "layout", "backend": backend}
+    out = {"bench": "layout", "backend": backend, "optimizer": optimizer}
     for name, layout in (("rows", "rows"), ("packed", "packed"), ("packed_masked", "packed_masked"),
                          ("rows_again", "rows")):
         times = []
         for i in range(3 + args.steps):
             b = batch(layout)
-            torch.cuda.synchronize()
+            sync()
             t = time.perf_counter()
             model(**b).loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            torch.cuda.synchronize()
+            sync()
             if i >= 3:
                 times.append(time.perf_counter() - t)
         out[f"{name}_s_median"] = round(statistics.median(times), 4)
@@ -320,7 +366,7 @@ def bench_profile(args) -> dict:
 
         def on_step_end(self, args_, state, control, **kw):
             if state.global_step == 5:
-                torch.cuda.synchronize()
+                sync()
                 self.prof.__exit__(None, None, None)
 
     params = SFTParams(epochs=1, max_steps=6, lr=2e-4, batch_size=args.bs or 2, grad_accum=args.grad_accum or 8,
@@ -381,8 +427,8 @@ def ratio(args) -> None:
                               "raw_unsloth_peak_alloc_GiB": anchor["peak_alloc_GiB"]}))
 
 
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("sft", "packing", "dpo", "layout", "profile"):
         p = sub.add_parser(name)
@@ -405,7 +451,11 @@ if __name__ == "__main__":
     sub.add_parser("attn", help="which attention kernels unsloth and torch's SDPA would use here")
     r = sub.add_parser("ratio")
     r.add_argument("file")
-    a = ap.parse_args()
+    return ap
+
+
+if __name__ == "__main__":
+    a = parser().parse_args()
     if a.cmd == "ratio":
         ratio(a)
     elif a.cmd == "attn":

@@ -2,7 +2,8 @@
 # Create the virtualenv and install the pinned stack. Idempotent: pip runs only when a requirements file changed
 # since the last install into that virtualenv.
 #   bash scripts/setup.sh            # the stack this venv has (a new venv: the CPU stack, requirements.txt)
-#   bash scripts/setup.sh cuda       # the CUDA stack (requirements-cuda.txt): unsloth, bitsandbytes, CUDA llama.cpp
+#   bash scripts/setup.sh cuda       # the CUDA stack (requirements-cuda.txt: unsloth, bitsandbytes, ...) and
+#                                    # llama-cpp-python built with CUDA (scripts/llama_cuda.sh)
 #   bash scripts/setup.sh dev        # + test deps (requirements-dev.txt), on the stack this venv has
 #   bash scripts/setup.sh cuda dev   # both
 # VENV picks another virtualenv (default: .venv in the checkout); PYTHON the interpreter for a new one (>= 3.11).
@@ -52,5 +53,8 @@ if [ "$stack" = cpu ]; then
   export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF}"
 fi
 "$VENV/bin/python" -m pip install $req
+if [ "$stack" = cuda ]; then
+  bash scripts/llama_cuda.sh "$VENV/bin/python"
+fi
 echo "$stack" > "$VENV/.stack"
 for f in $files; do sha256sum < "$f" > "$VENV/.installed-$f"; done

@@ -551,47 +551,95 @@ def tiny_gguf(tmp_path_factory, tiny_hf) -> Path:
     return build_tiny_gguf(tiny_hf[0], tmp_path_factory.mktemp("gguf"))
 
 
-def test_llamacpp_backend_end_to_end(tiny_gguf, tiny_hf, reference):
-    from kospi_ft.evaluation.backends import GGUF_TEMPLATE_FORMAT, LlamaCppBackend
+def test_llama_session_decodes_the_system_prompt_once(tiny_gguf, tiny_hf, reference):
+    """What the llama.cpp process runs: prompts rendered with the GGUF's template, the system prompt decoded once,
+    alone, and every prompt starting from its cache, so a reply does not depend on the prompt before it."""
+    from kospi_ft.evaluation.llama_session import GGUF_TEMPLATE_FORMAT, LlamaSession
 
-    backend = LlamaCppBackend(tiny_gguf, seed=0, n_ctx=4096, n_threads=1)
+    session = LlamaSession(tiny_gguf, seed=0, n_ctx=4096, n_threads=1)
     decoded: list[int] = []
-    real_eval = backend._llm.eval
-    backend._llm.eval = lambda tokens: (decoded.append(len(tokens)), real_eval(tokens))[1]
+    real_eval = session._llm.eval
+    session._llm.eval = lambda tokens: (decoded.append(len(tokens)), real_eval(tokens))[1]
     try:
-        assert backend._llm.chat_format == GGUF_TEMPLATE_FORMAT
+        assert session._llm.chat_format == GGUF_TEMPLATE_FORMAT
         records = [EvalRecord(r["task"], r["messages"][:2], r["messages"][2]["content"])
                    for r in _records(reference, ["full_analysis", "what_if"])]
-        first = backend.generate(records[0].prompt, 12)
+        first = session.generate(records[0].prompt, 12)
         # The prompt was rendered with the GGUF's template: same token count as the training tokenizer's.
         expected = tiny_hf[1].apply_chat_template(records[0].prompt, add_generation_prompt=True, tokenize=True,
                                                   return_dict=True)["input_ids"]
-        assert first.prompt_tokens == len(expected)
-        assert 0 < first.completion_tokens <= 12 and first.latency_s > 0
+        assert first["prompt_tokens"] == len(expected)
+        assert 0 < first["completion_tokens"] <= 12 and first["latency_s"] > 0
         # The system prompt is decoded once, alone: it is the prompt's first tokens, as training renders them.
-        prefix = backend.prefix_tokens
+        prefix = session.prefix_tokens
         system_only = tiny_hf[1].apply_chat_template(records[0].prompt[:1], tokenize=True, return_dict=True)
         assert prefix == system_only["input_ids"] == expected[:len(prefix)] and len(prefix) > 1000
-        assert decoded[0] == len(prefix)
+        assert decoded[0] == len(prefix) == first["prefix_tokens"] and first["prefix_s"] > 0
         # The next prompt decodes only what follows the system prompt.
         decoded.clear()
-        second = backend.generate(records[1].prompt, 12)
-        assert decoded[0] == second.prompt_tokens - len(prefix)
-        # Greedy + fixed seed, every prompt starting from the same cache: a reply does not depend on the prompt
-        # before it, and equals a fresh backend's.
-        again = backend.generate(records[0].prompt, 12)
-        assert (again.text, again.completion_tokens) == (first.text, first.completion_tokens)
+        second = session.generate(records[1].prompt, 12)
+        assert decoded[0] == second["prompt_tokens"] - len(prefix) and second["prefix_tokens"] == 0
+        again = session.generate(records[0].prompt, 12)
+        assert (again["text"], again["completion_tokens"]) == (first["text"], first["completion_tokens"])
+    finally:
+        session.close()
+
+
+def test_llamacpp_backend_runs_llama_cpp_in_a_process_of_its_own(tiny_gguf, reference):
+    """The cause of the evaluate stage's crash on the CUDA build, as far as a CPU shows it: the stage's process
+    holds numpy, pyarrow and torch (the data modules, the likelihood metrics) before any model runs, and llama.cpp's
+    CUDA libraries crash a process that loaded those first. The backend's llama.cpp process loads llama.cpp
+    before any of them and never loads pyarrow or torch, whatever the stage's process holds; its replies are the
+    in-process session's, and it ends with close()."""
+    import os
+
+    import pyarrow  # noqa: F401  (what the stage's process holds)
+    import torch  # noqa: F401
+
+    from kospi_ft.evaluation.backends import LlamaCppBackend
+    from kospi_ft.evaluation.llama_session import LlamaSession
+
+    records = [EvalRecord(r["task"], r["messages"][:2], r["messages"][2]["content"])
+               for r in _records(reference, ["full_analysis", "what_if"])]
+    backend = LlamaCppBackend(tiny_gguf, seed=0, n_ctx=4096, n_threads=1)
+    try:
+        assert backend.worker["pid"] != os.getpid()
+        assert backend.worker["preloaded"] == []                    # llama.cpp's libraries came first
+        assert not {"pyarrow", "torch", "pandas"} & set(backend.worker["modules"])
+        assert backend.worker["gpu_offload"] is False               # this CPU build
         result = evaluate(backend, records, max_new_tokens=12, rouge=True, progress=False)
+        assert backend.last["prefix_tokens"] == 0                   # the second prompt reused the cache
     finally:
         backend.close()
-    fresh = LlamaCppBackend(tiny_gguf, seed=0, n_ctx=4096, n_threads=1)
+    assert backend._session.returncode == 0
+    session = LlamaSession(tiny_gguf, seed=0, n_ctx=4096, n_threads=1)
     try:
-        assert fresh.generate(records[1].prompt, 12).text == second.text
+        assert result.replies == [session.generate(r.prompt, 12)["text"] for r in records]
     finally:
-        fresh.close()
+        session.close()
     m = result.metrics
     assert m["n_samples"] == 2 and m["throughput"]["gen_tokens_per_s"] > 0
     assert m["per_task"]["what_if"]["n"] == 1 and m["rouge"]["l_f1_mean"] is not None
+
+
+def test_llamacpp_backend_names_a_crashed_or_failed_llama_cpp_process(tiny_gguf, tmp_path, reference):
+    """A crash of the llama.cpp process is one error naming the signal, not a hang; a file llama.cpp cannot load
+    is named."""
+    import os
+    import signal
+
+    from kospi_ft.evaluation.backends import LlamaCppBackend
+
+    prompt = _records(reference, ["full_analysis"])[0]["messages"][:2]
+    backend = LlamaCppBackend(tiny_gguf, seed=0, n_ctx=4096, n_threads=1)
+    os.kill(backend.worker["pid"], signal.SIGSEGV)
+    with pytest.raises(PipelineError, match=r"llama.cpp process ended \(signal SIGSEGV\)"):
+        backend.generate(prompt, 4)
+    backend.close()
+    bad = tmp_path / "model-Q4_K_M.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(PipelineError, match=f"{bad}: llama.cpp cannot load it"):
+        LlamaCppBackend(bad, n_threads=1)
 
 
 def test_llamacpp_backend_missing_gguf(tmp_path):
@@ -640,13 +688,11 @@ def test_hf_backend_with_adapter(tmp_path, tiny_hf):
 def test_gpu_layers_on_a_llama_cpp_without_gpu_offload(caplog, project_root, tmp_path):
     """The real preset asks for every layer on the GPU: on a CPU-only llama.cpp that is an error naming the CUDA
     install, before any model loads; under the embedded preset a warning."""
-    import llama_cpp
+    from kospi_ft.evaluation.backends import check_gpu_offload, llama_supports_gpu_offload
 
-    from kospi_ft.evaluation.backends import check_gpu_offload
-
-    if llama_cpp.llama_supports_gpu_offload():
+    if llama_supports_gpu_offload():
         pytest.skip("this llama-cpp-python offloads to a GPU")
-    with pytest.raises(PipelineError, match=r"built without GPU offload.*requirements-cuda\.txt"):
+    with pytest.raises(PipelineError, match=r"built without GPU offload.*scripts/setup.sh cuda"):
         check_gpu_offload(-1, required=True)
     with caplog.at_level("WARNING"):
         check_gpu_offload(-1, required=False)
@@ -664,11 +710,29 @@ def test_gpu_layers_on_a_llama_cpp_without_gpu_offload(caplog, project_root, tmp
 
 
 @pytest.mark.gpu
-def test_guardrails_pass_with_a_cuda_llama_cpp():
-    """With the CUDA build of llama-cpp-python (requirements-cuda.txt) every layer can go to the GPU."""
-    import llama_cpp
+def test_evaluate_stage_with_every_layer_on_the_gpu(tiny_gguf, tmp_path, monkeypatch, project_root, reference):
+    """The evaluate stage's own code path on the CUDA build, with `evaluate.gpu_layers: -1` under the real preset's
+    guardrails, in a process that holds pyarrow and an initialised torch CUDA context, as the stage's does: the
+    combination that crashed with SIGSEGV when llama.cpp ran in the stage's process."""
+    import pyarrow  # noqa: F401
+    import torch
 
-    from kospi_ft.evaluation.backends import check_gpu_offload
+    from kospi_ft.evaluation.backends import check_gpu_offload, llama_supports_gpu_offload
+    from stages import evaluate as evaluate_stage
 
-    assert llama_cpp.llama_supports_gpu_offload()
+    torch.zeros(1, device="cuda")
+    assert llama_supports_gpu_offload()
     check_gpu_offload(-1, required=True)
+    monkeypatch.chdir(tmp_path)
+    raw = presets.applied(params.read_raw(project_root / "params.yaml"), "real")
+    (tmp_path / "params.yaml").write_text((project_root / "params.yaml").read_text(encoding="utf-8"))
+    presets.write(tmp_path / "params.yaml", "real")
+    paths = params.load_paths("params.yaml")
+    _write_jsonl(paths.eval_set, _records(reference, [t.value for t in TaskType][:2]))
+    (paths.gguf_dir / "stage3").mkdir(parents=True)
+    (paths.gguf_dir / "stage3" / tiny_gguf.name).symlink_to(tiny_gguf)
+    assert raw["evaluate"]["gpu_layers"] == -1
+    evaluate_stage.main(["--name", "stage3", "--n-samples", "2", "--max-new-tokens", "16", "--no-likelihood",
+                         "--no-progress", "--output", "out.json"])
+    m = json.loads(Path("out.json").read_text())
+    assert m["n_samples"] == 2 and m["throughput"]["gen_tokens_per_s"] > 0

@@ -5,19 +5,18 @@ seed, so the same model file gives the same replies, and therefore the same scor
 `LlamaCppBackend` and `OllamaBackend` also sample (`temperature` > 0, for the DPO stage's model rejects); a
 `seed` passed to `generate` replaces the backend's for that one call, so each sample is reproducible on its own.
 
-- `LlamaCppBackend`: llama-cpp-python on `models/gguf/<name>/model-<QUANT>.gguf`, rendering prompts with the
-  chat template stored in the GGUF (the one the export wrote and its parity gate checked), stopping at its
-  eos token. Every eval prompt opens with the same ~1.4k-token system prompt: it is decoded once, alone, and
-  each prompt starts from that KV cache with everything after it cleared, so only the ~0.7k-token rest of a
-  prompt is processed and a reply still does not depend on the one before it.
+- `LlamaCppBackend`: llama-cpp-python on `models/gguf/<name>/model-<QUANT>.gguf`, in a llama.cpp process of its
+  own (`kospi_ft.llama_process`: llama.cpp's CUDA libraries crash a process that loaded numpy's, pyarrow's or
+  torch's first), rendering prompts with the chat template stored in the GGUF, every prompt starting from the system
+  prompt's KV cache (`llama_session`).
 - `OllamaBackend`: POST /api/chat (stream off) on a running Ollama; models by name (`ollama create` first).
 - `HFBackend`: a HF model dir or hub id, plus a PEFT adapter dir when given (the training stages' outputs).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import os
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .. import llama_process
 from ..errors import PipelineError
 
 logger = logging.getLogger(__name__)
@@ -50,103 +50,61 @@ class Backend(Protocol):
 
 # ---- llama.cpp ----------------------------------------------------------------------------------------------
 
-GGUF_TEMPLATE_FORMAT = "chat_template.default"  # llama-cpp-python's name for the GGUF's tokenizer.chat_template
-
-
 def missing_gguf(gguf: Path) -> PipelineError:
     return PipelineError(f"{gguf}: GGUF not found (run the export stage: `dvc repro export`, or "
                          f"`python -m stages.export --model {gguf.parent.name}`)")
 
 
+@functools.lru_cache(maxsize=None)
+def llama_supports_gpu_offload() -> bool:
+    """Whether the installed llama-cpp-python can offload to a GPU, asked in a llama.cpp process: loading its CUDA
+    libraries here, beside pyarrow or torch, would crash this process (kospi_ft.llama_process)."""
+    return bool(llama_process.call("kospi_ft.llama_process:gpu_offload_here"))
+
+
 def check_gpu_offload(gpu_layers: int, required: bool) -> None:
     """gpu_layers != 0 on a llama.cpp built without GPU offload would run on the CPU (a 7B eval: hours):
     an error when `required` (the real preset), else a warning."""
-    import llama_cpp
-
-    if gpu_layers == 0 or llama_cpp.llama_supports_gpu_offload():
+    if gpu_layers == 0 or llama_supports_gpu_offload():
         return
     message = (f"evaluate.gpu_layers is {gpu_layers}, but this llama-cpp-python was built without GPU offload, "
                f"so every layer would run on the CPU (7B: ~21 s per 1.5k-token prompt on 16 threads). Install the "
-               f"CUDA build: `pip install -r requirements-cuda.txt` (it rebuilds llama-cpp-python with "
-               f"CMAKE_ARGS=-DGGML_CUDA=on), or set evaluate.gpu_layers: 0")
+               f"CUDA build: `bash scripts/setup.sh cuda` (it builds llama-cpp-python with GGML_CUDA=on), or set "
+               f"evaluate.gpu_layers: 0")
     if required:
         raise PipelineError(message)
     logger.warning(message)
 
 
 class LlamaCppBackend:
-    """llama-cpp-python in this process. `n_threads=0` uses every core; `gpu_layers=-1` offloads all layers."""
+    """llama-cpp-python on a GGUF, in a llama.cpp process of its own (kospi_ft.llama_process says why).
+
+    The process renders prompts with the GGUF's chat template and starts every prompt from the system prompt's KV
+    cache (`llama_session.LlamaSession`). `n_threads=0` uses every core; `gpu_layers=-1` offloads all layers (a
+    CUDA build of llama-cpp-python). `worker` is the process's load reply (pid, gpu_offload, and the heavy modules
+    it held when llama.cpp loaded: none); `last` the last generation's whole reply."""
 
     def __init__(self, gguf: Path, *, seed: int = 0, n_ctx: int = 4096, n_threads: int = 0,
                  gpu_layers: int = 0, temperature: float = 0.0, require_gpu: bool = False) -> None:
         gguf = Path(gguf)
         if not gguf.is_file():
             raise missing_gguf(gguf)
-        from llama_cpp import Llama
-
         check_gpu_offload(gpu_layers, require_gpu)
-
-        self.seed = seed
-        self.temperature = temperature
         self.description = f"llamacpp:{gguf}"
-        try:
-            # llama-cpp-python's own default is half the cores for generation; 0 here means all of them.
-            threads = n_threads or os.cpu_count() or 1
-            # gpu_layers needs a CUDA/Metal build of llama-cpp-python; the CPU wheel ignores it.
-            self._llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                              n_gpu_layers=gpu_layers, seed=seed, verbose=False)
-        except ValueError as err:  # llama-cpp-python's "Failed to load model from file"
-            raise PipelineError(f"{gguf}: llama.cpp cannot load it: {err}") from None
-        if "tokenizer.chat_template" not in self._llm.metadata:
-            self._llm.close()
-            raise PipelineError(f"{gguf}: no tokenizer.chat_template in the GGUF metadata; re-export it so the "
-                                f"prompt format matches training")
-        # Always the GGUF's own template: llama-cpp-python would otherwise swap in a built-in format whenever
-        # the template happens to look like one it knows.
-        self._llm.chat_format = GGUF_TEMPLATE_FORMAT
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        # The same template without the assistant header: renders the system turn alone, as the prompt opens.
-        self._system_formatter = Jinja2ChatFormatter(
-            template=self._llm.metadata["tokenizer.chat_template"], eos_token="", bos_token="",
-            add_generation_prompt=False)
-        self.prefix_tokens: list[int] = []  # the system prompt whose KV cache every prompt starts from
-
-    def _start_from_system_prompt(self, messages: list[Message]) -> None:
-        """Leave exactly the system prompt's KV cache in place (decoding it, alone, when it is new).
-
-        llama-cpp-python then reuses that prefix and decodes only the rest of the prompt (its prefix match); a
-        prompt that does not open with it is simply decoded in full by the same match."""
-        system = messages[:1] if messages and messages[0].get("role") == "system" else []
-        if not system:
-            self._llm.reset()
-            return
-        text = self._system_formatter(messages=system).prompt
-        tokens = self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
-        if tokens != self.prefix_tokens:
-            self._llm.reset()
-            self._llm.eval(tokens)
-            self.prefix_tokens = tokens
-        else:
-            self._llm.n_tokens = len(tokens)  # drop the previous prompt and reply; the prefix's cache stays
+        self._session = llama_process.Session(gguf.resolve(), {
+            "seed": seed, "n_ctx": n_ctx, "n_threads": n_threads, "gpu_layers": gpu_layers,
+            "temperature": temperature}, self.description)
+        self.worker = self._session.info
+        self.last: dict = {}
 
     def generate(self, messages: list[Message], max_new_tokens: int, seed: int | None = None) -> Generation:
-        t0 = time.perf_counter()  # the one-time system prompt decode counts in the first request's latency
-        self._start_from_system_prompt(messages)
-        try:
-            out = self._llm.create_chat_completion(
-                messages=messages, max_tokens=max_new_tokens, temperature=self.temperature, repeat_penalty=1.0,
-                seed=self.seed if seed is None else seed)
-        except ValueError as err:  # prompt longer than the context window
-            raise PipelineError(f"{self.description}: {err} (raise evaluate.n_ctx)") from None
-        latency = time.perf_counter() - t0
-        usage = out.get("usage") or {}
-        return Generation(text=out["choices"][0]["message"].get("content") or "", latency_s=latency,
-                          prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                          completion_tokens=int(usage.get("completion_tokens", 0)))
+        self.last = self._session.request(op="generate", messages=messages, max_new_tokens=max_new_tokens,
+                                          seed=seed)
+        return Generation(text=self.last["text"], latency_s=self.last["latency_s"],
+                          prompt_tokens=self.last["prompt_tokens"], completion_tokens=self.last["completion_tokens"])
 
     def close(self) -> None:
-        self._llm.close()
+        self._session.close()
 
 
 # ---- Ollama ---------------------------------------------------------------------------------------------------

@@ -86,53 +86,75 @@ def check_metadata(metadata: dict[str, str], tokenizer, expected_template: str) 
 def check_parity(gguf_path: Path, tokenizer, expected_template: str, conversations: list[list[Message]],
                  generate_tokens: int = 4, threads: int = 0) -> ParityReport:
     """Run the gate on `gguf_path`; raise ParityError naming every mismatch. `generate_tokens=0` skips decoding
-    (a vocab-only GGUF has no weights)."""
-    from llama_cpp import Llama
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    (a vocab-only GGUF has no weights). llama.cpp's side runs in a llama.cpp process (kospi_ft.llama_process:
+    the export stage's process holds torch)."""
+    from .. import llama_process
 
     gguf_path = Path(gguf_path)
     if not gguf_path.is_file():
         raise PipelineError(f"{gguf_path}: GGUF file not found")
     hf_texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in conversations]
     hf_ids = [tokenizer(text)["input_ids"] for text in hf_texts]
-    # llama.cpp reads the metadata in well under a second; the gguf package's reader takes ~10-25 s on a
-    # 151k-token vocabulary (it builds an object per string), so the gate uses llama.cpp's view.
-    llm = Llama(model_path=str(gguf_path), vocab_only=generate_tokens == 0,
-                n_ctx=len(hf_ids[0]) + generate_tokens + 16, n_batch=512, n_threads=threads or None, verbose=False)
-    try:
-        report = ParityReport(metadata=dict(llm.metadata))
-        report.errors = check_metadata(report.metadata, tokenizer, expected_template)
-        # Exactly how llama-cpp-python's chat completion (and its OpenAI-compatible server) renders a chat.
-        formatter = Jinja2ChatFormatter(template=report.metadata.get("tokenizer.chat_template", ""),
-                                        eos_token=tokenizer.eos_token, bos_token=tokenizer.bos_token or "")
-        for i, (messages, hf_text, ids) in enumerate(zip(conversations, hf_texts, hf_ids)):
-            served_text = formatter(messages=messages).prompt
-            if served_text != hf_text:
-                at = _first_diff(served_text, hf_text)
-                report.errors.append(f"conversation {i}: GGUF template renders differently from training at char "
-                                     f"{at}: {served_text[max(0, at - 20):at + 20]!r} vs {hf_text[max(0, at - 20):at + 20]!r}")
-            # add_bos=True is llama.cpp's default special-token handling; for Qwen it adds nothing, like HF.
-            gguf_ids = llm.tokenize(hf_text.encode("utf-8"), add_bos=True, special=True)
-            report.conversations += 1
-            report.tokens_compared += len(ids)
-            if list(gguf_ids) != list(ids):
-                at = _first_diff(gguf_ids, ids)
-                report.errors.append(f"conversation {i}: llama.cpp token ids differ from HF at position {at}: "
-                                     f"{list(gguf_ids[at:at + 5])} vs {list(ids[at:at + 5])} "
-                                     f"({len(gguf_ids)} vs {len(ids)} tokens)")
-        if generate_tokens and not report.errors:
-            # Greedy and counted past any early eos: a random-weight model may "stop" at once, proving nothing.
-            for token in llm.generate(hf_ids[0], temp=0.0, top_k=1, reset=True):
-                if not 0 <= token < llm.n_vocab():
-                    report.errors.append(f"llama.cpp generated an out-of-vocab token id {token}")
-                    break
-                report.generated_tokens.append(int(token))
-                if len(report.generated_tokens) >= generate_tokens:
-                    break
-    finally:
-        llm.close()
+    seen = llama_process.call("kospi_ft.export.parity:llama_view", gguf_path=str(gguf_path),
+                              conversations=conversations, texts=hf_texts, prompt_ids=list(hf_ids[0]),
+                              eos_token=tokenizer.eos_token, bos_token=tokenizer.bos_token or "",
+                              generate_tokens=generate_tokens, threads=threads)
+    report = ParityReport(metadata=seen["metadata"])
+    report.errors = check_metadata(report.metadata, tokenizer, expected_template)
+    for i, (served_text, hf_text, gguf_ids, ids) in enumerate(zip(seen["served_texts"], hf_texts, seen["ids"],
+                                                                   hf_ids)):
+        if served_text != hf_text:
+            at = _first_diff(served_text, hf_text)
+            report.errors.append(f"conversation {i}: GGUF template renders differently from training at char "
+                                 f"{at}: {served_text[max(0, at - 20):at + 20]!r} vs {hf_text[max(0, at - 20):at + 20]!r}")
+        report.conversations += 1
+        report.tokens_compared += len(ids)
+        if list(gguf_ids) != list(ids):
+            at = _first_diff(gguf_ids, ids)
+            report.errors.append(f"conversation {i}: llama.cpp token ids differ from HF at position {at}: "
+                                 f"{list(gguf_ids[at:at + 5])} vs {list(ids[at:at + 5])} "
+                                 f"({len(gguf_ids)} vs {len(ids)} tokens)")
+    if generate_tokens and not report.errors:
+        n_vocab = seen["n_vocab"]
+        for token in seen["generated"]:
+            if not 0 <= token < n_vocab:
+                report.errors.append(f"llama.cpp generated an out-of-vocab token id {token}")
+                break
+            report.generated_tokens.append(int(token))
     if report.errors:
         raise ParityError(f"{gguf_path}: parity gate failed:\n  - " + "\n  - ".join(report.errors))
     logger.info("parity gate passed: %d conversations, %d tokens identical, generated %s",
                 report.conversations, report.tokens_compared, report.generated_tokens)
     return report
+
+
+def llama_view(gguf_path: str, conversations: list[list[Message]], texts: list[str], prompt_ids: list[int],
+               eos_token: str, bos_token: str, generate_tokens: int, threads: int) -> dict:
+    """(In the llama.cpp process) what llama.cpp makes of the GGUF: its metadata, the chats rendered by its template
+    the way llama-cpp-python's chat completion (and its OpenAI-compatible server) renders them, its token ids of
+    `texts`, and `generate_tokens` greedy tokens after `prompt_ids` (counted past any early eos: a random-weight
+    model may "stop" at once, proving nothing)."""
+    from llama_cpp import Llama
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    # llama.cpp reads the metadata in well under a second; the gguf package's reader takes ~10-25 s on a
+    # 151k-token vocabulary (it builds an object per string), so the gate uses llama.cpp's view.
+    llm = Llama(model_path=gguf_path, vocab_only=generate_tokens == 0, n_ctx=len(prompt_ids) + generate_tokens + 16,
+                n_batch=512, n_threads=threads or None, verbose=False)
+    try:
+        metadata = dict(llm.metadata)
+        formatter = Jinja2ChatFormatter(template=metadata.get("tokenizer.chat_template", ""), eos_token=eos_token,
+                                        bos_token=bos_token)
+        served = [formatter(messages=m).prompt for m in conversations]
+        # add_bos=True is llama.cpp's default special-token handling; for Qwen it adds nothing, like HF.
+        ids = [list(llm.tokenize(t.encode("utf-8"), add_bos=True, special=True)) for t in texts]
+        generated: list[int] = []
+        if generate_tokens:
+            for token in llm.generate(prompt_ids, temp=0.0, top_k=1, reset=True):
+                generated.append(int(token))
+                if len(generated) >= generate_tokens or not 0 <= token < llm.n_vocab():
+                    break
+        return {"metadata": metadata, "served_texts": served, "ids": ids, "generated": generated,
+                "n_vocab": llm.n_vocab()}
+    finally:
+        llm.close()

@@ -90,12 +90,26 @@ def llama_log_lines(on_line: Callable[[str], None]) -> Iterator[None]:
 
 def quantize(src: Path, dst: Path, quant: str, threads: int = 0, progress: bool = True) -> QuantizeReport:
     """Quantize the GGUF `src` to `dst` as `quant` with llama.cpp's defaults (K-quant mixes, e.g. Q6_K for
-    attn_v / ffn_down halves in Q4_K_M). `threads` <= 0 lets llama.cpp use every core."""
-    import llama_cpp
+    attn_v / ffn_down halves in Q4_K_M). `threads` <= 0 lets llama.cpp use every core. Runs in a llama.cpp
+    process (kospi_ft.llama_process: this stage's process holds torch)."""
+    from .. import llama_process
 
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise PipelineError(f"{src}: GGUF to quantize not found")
+    if quant not in QUANT_TYPES:
+        raise PipelineError(f"export.quant: unsupported quantization {quant!r}; choose one of {QUANT_TYPES}")
+    return QuantizeReport(**llama_process.call("kospi_ft.export.quantize:quantize_here", src=str(src),
+                                               dst=str(dst), quant=quant, threads=threads, progress=progress))
+
+
+def quantize_here(src: str, dst: str, quant: str, threads: int = 0, progress: bool = True) -> dict:
+    """`quantize` in this process (the llama.cpp process); the report as a dict."""
+    import dataclasses
+
+    import llama_cpp
+
+    src, dst = Path(src), Path(dst)
     ftype = llama_ftype(quant)
     report = QuantizeReport(quant=quant, input_bytes=src.stat().st_size)
     bar = tqdm(desc=f"quantize {quant}", unit="tensor", disable=not progress)
@@ -127,4 +141,4 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 0, progress: bool 
     if rc != 0 or not dst.is_file():
         raise PipelineError(f"{src}: llama.cpp failed to quantize to {quant} (return code {rc}); see the log above")
     report.output_bytes = dst.stat().st_size
-    return report
+    return dataclasses.asdict(report)
