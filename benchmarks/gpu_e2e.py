@@ -286,20 +286,39 @@ def evaluate_variant(work: Path, results: Path, model: str, label: str, backend:
 
 # ---- llama.cpp load diagnosis -----------------------------------------------------------------------------------
 
-# case -> (code run before llama_cpp is imported, keyword arguments of Llama, query llama_supports_gpu_offload first)
-LLAMA_CASES: dict[str, tuple[str, dict, bool]] = {
-    "bare": ("", {}, False),
-    "quiet": ("", {"verbose": False}, False),
-    "offload_query_first": ("", {}, True),
-    "n_ctx_8192": ("", {"n_ctx": 8192}, False),
-    "threads_all": ("", {"n_threads": os.cpu_count(), "n_threads_batch": os.cpu_count()}, False),
-    "torch_imported": ("import torch", {}, False),
-    "torch_cuda_initialised": ("import torch\nif torch.cuda.is_available(): torch.zeros(1, device='cuda')", {}, False),
-    "stage_imports": ("import stages.evaluate", {}, False),
-    # The evaluate stage: its imports (pyarrow) and torch's CUDA context in this process, the backend's own
-    # llama.cpp process for the model.
-    "stage_backend": ("import stages.evaluate\nimport torch\nif torch.cuda.is_available(): torch.zeros(1, device='cuda')",
-                      {}, False),
+def _load_torch() -> None:
+    import torch  # noqa: F401
+
+
+def _init_torch_cuda() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.zeros(1, device="cuda")
+
+
+def _load_stage() -> None:
+    import stages.evaluate  # noqa: F401  (pyarrow and the data modules, as the stage's process holds them)
+
+
+def _load_stage_and_torch_cuda() -> None:
+    _load_stage()
+    _init_torch_cuda()
+
+
+# case -> (what the process loads before llama.cpp, keyword arguments of Llama, query llama_supports_gpu_offload
+# first). stage_backend: the evaluate stage's process (its imports, torch's CUDA context) with the backend's own
+# llama.cpp process for the model.
+LLAMA_CASES: dict[str, tuple] = {
+    "bare": (None, {}, False),
+    "quiet": (None, {"verbose": False}, False),
+    "offload_query_first": (None, {}, True),
+    "n_ctx_8192": (None, {"n_ctx": 8192}, False),
+    "threads_all": (None, {"n_threads": os.cpu_count(), "n_threads_batch": os.cpu_count()}, False),
+    "torch_imported": (_load_torch, {}, False),
+    "torch_cuda_initialised": (_init_torch_cuda, {}, False),
+    "stage_imports": (_load_stage, {}, False),
+    "stage_backend": (_load_stage_and_torch_cuda, {}, False),
 }
 
 
@@ -315,9 +334,9 @@ def _cuda_libraries() -> list[str]:
 
 def llama_case(name: str, gguf: Path, gpu_layers: int, max_new_tokens: int = 128) -> None:
     """One case, in this process: load the GGUF and answer one short chat; print the libraries mapped."""
-    pre, kwargs, query = LLAMA_CASES[name]
-    if pre:
-        exec(compile(pre, f"<case {name}>", "exec"), {})
+    load_first, kwargs, query = LLAMA_CASES[name]
+    if load_first:
+        load_first()
     if name != "stage_backend":
         import llama_cpp
 
@@ -366,11 +385,11 @@ def llama_diag(gguf: Path, results: Path, gpu_layers: int, cases: list[str], tim
             rc, out, err = None, exc.stdout or "", exc.stderr or ""
             out, err = (x.decode(errors="replace") if isinstance(x, bytes) else x for x in (out, err))
         rows = [json.loads(line) for line in out.splitlines() if line.startswith('{"case"')]
+        last = rows[-1] if rows else {}
         row = {"stage": f"llama-diag[{name}]", "ok": rc == 0, "returncode": rc, "gpu_layers": gpu_layers,
-               "seconds": round(time.perf_counter() - t0, 1),
-               "libraries": rows[-1]["libraries"] if rows else None,
+               "seconds": round(time.perf_counter() - t0, 1), "libraries": last.get("libraries"),
                "gpu_offload": rows[0].get("gpu_offload") if rows else None,
-               **{k: v for k, v in (rows[-1] if rows else {}).items() if k.startswith(("prompt_", "gen_", "llama_process"))}}
+               **{k: v for k, v in last.items() if k.startswith(("prompt_", "gen_", "llama_process"))}}
         if rc != 0:
             row["stderr_tail"] = err[-2500:]
         record(results, row)

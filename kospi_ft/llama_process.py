@@ -191,6 +191,11 @@ def _serve(argv: list[str], preloaded: list[str]) -> int:
 
 if __name__ == "__main__":
     _preloaded = sorted(name for name in HEAVY if name in sys.modules)
-    import llama_cpp  # noqa: F401  (first: its CUDA runtime and cuBLAS load before any other native library)
-
+    try:
+        import llama_cpp  # noqa: F401  (first: its CUDA runtime and cuBLAS load before any other native library)
+    except ImportError as _err:
+        print(json.dumps({"ok": False, "type": None, "error": f"llama-cpp-python does not import ({_err}): install "
+                          f"the stack with `bash scripts/setup.sh` (CUDA: `bash scripts/setup.sh cuda`)"}),
+              flush=True)
+        sys.exit(2)
     sys.exit(_serve(sys.argv[1:], _preloaded))

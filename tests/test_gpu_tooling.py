@@ -66,6 +66,7 @@ def test_gpu_train_bench_modes_run_on_the_cpu(tiny, tmp_path):
     assert ratio["seq"] == 256 and ratio["ratio_vs_raw_unsloth"] == pytest.approx(0.5, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_gpu_e2e_runs_on_the_cpu(tiny, tmp_path):
     """gpu_e2e.py's own steps on the CPU (`prepare --cpu`: the hf backend): the real preset's data stages and the
     base's export through DVC, a refresh that keeps the outputs, an evaluation variant on the GGUF, and every

@@ -1,11 +1,13 @@
-"""llama.cpp on a GGUF, in the process that imports this module: what the llama.cpp process (`llama_worker`) runs.
+"""llama.cpp on a GGUF, in the process that imports this module: what the llama.cpp process runs
+(`kospi_ft.llama_process`, a `Session`).
 
 Prompts are rendered with the chat template stored in the GGUF (the one the export wrote and its parity gate
 checked), and generation stops at its eos token. Every eval prompt opens with the same ~1.4k-token system prompt:
 it is decoded once, alone, and each prompt starts from that KV cache with everything after it cleared, so only the
 ~0.7k-token rest of a prompt is processed and a reply still does not depend on the one before it.
 
-Import this module only where llama.cpp's native libraries may be the first heavy ones loaded (see `llama_worker`).
+Import this module only where llama.cpp's native libraries may be the first heavy ones loaded (see
+`kospi_ft.llama_process`).
 """
 from __future__ import annotations
 
