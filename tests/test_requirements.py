@@ -93,7 +93,7 @@ def test_cuda_llama_cpp_build_never_comes_from_pips_cache(tmp_path):
     fake, log = tmp_path / "python", tmp_path / "pip.log"
     fake.write_text(FAKE_PIP)
     fake.chmod(0o755)
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "FAKE_LOG": str(log),
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path), "FAKE_LOG": str(log),
            "KOSPI_FT_WHEELS": str(tmp_path / "wheels")}
     script = ["bash", str(ROOT / "scripts" / "llama_cuda.sh"), str(fake)]
     subprocess.run(script, env=env, check=True, capture_output=True)
