@@ -37,8 +37,7 @@ def main() -> None:
             self.session = session
 
         def generate(self, messages, max_new_tokens, seed=None):
-            r = self.session.generate(messages, max_new_tokens, seed)
-            return Generation(r["text"], r["latency_s"], r["prompt_tokens"], r["completion_tokens"])
+            return Generation.from_reply(self.session.generate(messages, max_new_tokens, seed))
 
     raw = params.read_raw(ROOT / "params.yaml")
     cfg = params.load("evaluate", EvaluateParams, raw=raw)

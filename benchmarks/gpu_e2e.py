@@ -337,12 +337,6 @@ def llama_case(name: str, gguf: Path, gpu_layers: int, max_new_tokens: int = 128
     load_first, kwargs, query = LLAMA_CASES[name]
     if load_first:
         load_first()
-    if name != "stage_backend":
-        import llama_cpp
-
-        print(json.dumps({"case": name, "phase": "imported", "libraries": _cuda_libraries(),
-                          "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()) if query else None}),
-              flush=True)
     messages = [{"role": "system", "content": "You are a KOSPI quant analyst."},
                 {"role": "user", "content": "Classify the regime: KOSPI -2.3%, breadth 25%."}]
     speed = {}
@@ -362,6 +356,11 @@ def llama_case(name: str, gguf: Path, gpu_layers: int, max_new_tokens: int = 128
                  "llama_process_preloaded": backend.worker["preloaded"]}
         backend.close()
     else:
+        import llama_cpp
+
+        print(json.dumps({"case": name, "phase": "imported", "libraries": _cuda_libraries(),
+                          "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()) if query else None}),
+              flush=True)
         llm = llama_cpp.Llama(model_path=str(gguf), n_gpu_layers=gpu_layers, **{"n_ctx": 2048, **kwargs})
         text = llm.create_chat_completion(messages=messages, max_tokens=8)["choices"][0]["message"]["content"]
         llm.close()

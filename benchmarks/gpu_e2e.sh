@@ -68,8 +68,8 @@ make_base() {
 }
 
 train() {
+    start_cuda_build   # first: the longest step, in the background of everything else
     make_base
-    start_cuda_build
     # A WORK an earlier call of this machine made (diag) keeps its outputs: its data stages are not run again.
     $E2E prepare "$WORK" --model /tmp/m7b --refresh || exit 1
     $E2E repro "$WORK" market snapshots synthesize dpo_pairs stage1_data base_model --results "$RESULTS" || exit 1

@@ -39,6 +39,12 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
 
+    @classmethod
+    def from_reply(cls, reply: dict) -> "Generation":
+        """From a `LlamaSession.generate` reply (the llama.cpp process's, or an in-process session's)."""
+        return cls(text=reply["text"], latency_s=reply["latency_s"], prompt_tokens=reply["prompt_tokens"],
+                   completion_tokens=reply["completion_tokens"])
+
 
 class Backend(Protocol):
     description: str
@@ -94,14 +100,16 @@ class LlamaCppBackend:
         self._session = llama_process.Session(gguf.resolve(), {
             "seed": seed, "n_ctx": n_ctx, "n_threads": n_threads, "gpu_layers": gpu_layers,
             "temperature": temperature}, self.description)
-        self.worker = self._session.info
         self.last: dict = {}
+
+    @property
+    def worker(self) -> dict:
+        return self._session.info
 
     def generate(self, messages: list[Message], max_new_tokens: int, seed: int | None = None) -> Generation:
         self.last = self._session.request(op="generate", messages=messages, max_new_tokens=max_new_tokens,
                                           seed=seed)
-        return Generation(text=self.last["text"], latency_s=self.last["latency_s"],
-                          prompt_tokens=self.last["prompt_tokens"], completion_tokens=self.last["completion_tokens"])
+        return Generation.from_reply(self.last)
 
     def close(self) -> None:
         self._session.close()
