@@ -1,24 +1,25 @@
 #!/usr/bin/env bash
 # The real preset end to end on a CUDA machine without hub access: the project's own DVC graph, every stage, at
 # 7B shapes, measured (benchmarks/gpu_e2e.py; the params it adds to the real preset: benchmarks/gpu_e2e.yaml).
-# Each phase fits one 10-minute call; `export` needs what `train` left in $WORK and /tmp (calls chained within the
-# machine's 30 s idle time):
+# Each phase fits one 10-minute call; `export`, `evaluate` and `bench` need what `train` left in $WORK and /tmp
+# (calls chained within the machine's 30 s idle time):
 #   bash benchmarks/gpu_e2e.sh train    # 7B-shaped random base, data stages, Stage 1 SIGKILLed after its first
 #                                       # checkpoint and resumed by `dvc repro`, Stage 2, Stage 3 (DPO); starts the
 #                                       # CUDA llama-cpp-python build in the background
-#   bash benchmarks/gpu_e2e.sh export   # export@base, export@stage3 (merge, f16, Q4_K_M, parity), evaluate@base and
-#                                       # @stage3 on the CUDA build, compare; the same GGUF on the CPU build and on
-#                                       # the hf backend (GPU) for the comparison; the GPU guardrail tests
+#   bash benchmarks/gpu_e2e.sh export   # export@base, export@stage3 (f16 with the adapter merged while converting,
+#                                       # Q4_K_M, parity)
+#   bash benchmarks/gpu_e2e.sh evaluate # evaluate@base and @stage3 on the CUDA build, compare; the same GGUF on the
+#                                       # CPU build and on the hf backend (GPU) for the comparison; the GPU tests
 #   bash benchmarks/gpu_e2e.sh diag     # llama.cpp on the GPU, alone: a 7B-shaped base, export@base, the
 #                                       # load-diagnosis cases (gpu_e2e.py llama-diag), evaluate@base and the
 #                                       # GPU / CPU / hf comparison on that GGUF
 #   bash benchmarks/gpu_e2e.sh bench    # Stage 2 / Stage 1 layouts vs the raw unsloth loop; gpu_verify.sh smoke
 # Wheels, where pip works: `bash benchmarks/gpu_wheels.sh train` for train and bench, `bash benchmarks/gpu_wheels.sh
-# eval` for export and diag; carry [".whl"]. Each set holds the llama-cpp-python sdist (.whl/sdist/).
+# eval` for export, evaluate and diag; carry [".whl"] (bench, after train on the same machine, runs on either set). Each set holds the llama-cpp-python sdist (.whl/sdist/).
 # Results: $OUT/h200-7b-real-e2e.jsonl (one JSON line per stage, written as each step ends), $OUT/gpu.txt, and the
 # steps' logs (/tmp/e2e-logs) as $OUT/logs-<phase>.tgz at the end.
 set -uo pipefail
-PHASE=${1:?usage: bash benchmarks/gpu_e2e.sh train|export|all|bench}
+PHASE=${1:?usage: bash benchmarks/gpu_e2e.sh train|export|evaluate|diag|bench}
 HERE=$(pwd)
 WORK=${WORK:-/tmp/e2e}
 RES=${OUT:-/tmp/e2e-out}
@@ -101,7 +102,12 @@ case $PHASE in
     # A train phase cut short by its call's limit resumes Stage 3 from its last checkpoint here.
     [ -d "$WORK/models/stage3" ] || $E2E repro "$WORK" stage3 --results "$RESULTS" || exit 1
     $E2E repro "$WORK" export@base export@stage3 --results "$RESULTS" || exit 1
-    wait_cuda_build 420 || { echo "no CUDA llama-cpp-python build at ${SECONDS}s"; exit 1; }
+    ;;
+  evaluate)
+    [ -d "$WORK/models/gguf/stage3" ] || { echo "run the export phase first (in this machine's lifetime)"; exit 1; }
+    start_cuda_build
+    $E2E prepare "$WORK" --model /tmp/m7b --refresh || exit 1
+    wait_cuda_build 300 || { echo "no CUDA llama-cpp-python build at ${SECONDS}s"; exit 1; }
     gpu_build_path
     python3 -c "import llama_cpp; print('gpu offload:', llama_cpp.llama_supports_gpu_offload())" | tee -a "$RES/gpu.txt"
     $E2E repro "$WORK" evaluate@base evaluate@stage3 compare --results "$RESULTS"
@@ -156,5 +162,5 @@ case $PHASE in
     (cd "$HERE" && OUT=$E2E_LOGS bash benchmarks/gpu_verify.sh smoke > "$E2E_LOGS/smoke.log" 2>&1
      grep -E '^\{' "$E2E_LOGS/bench-smoke.jsonl" > "$RES/bench-smoke.jsonl"; tail -4 "$E2E_LOGS/smoke.log")
     ;;
-  *) echo "usage: bash benchmarks/gpu_e2e.sh train|export|diag|bench"; exit 2 ;;
+  *) echo "usage: bash benchmarks/gpu_e2e.sh train|export|evaluate|diag|bench"; exit 2 ;;
 esac

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     result = export_model(base=base.name, revision=base.revision, adapter_dir=adapter, out_dir=out_dir,
                           quant=cfg.quant, system_prompt=QUANT_SYSTEM_PROMPT, num_ctx=cfg.num_ctx,
                           temperature=cfg.temperature,
-                          merge_dtype=cfg.merge_dtype, threads=cfg.threads, parity_tokens=cfg.parity_tokens,
+                          threads=cfg.threads, parity_tokens=cfg.parity_tokens,
                           model_name=ollama_model_name(cfg.ollama_prefix, args.model), progress=not args.no_progress)
     metrics = result.metrics()
     atomic.write_json(paths.export_metrics_dir / f"{args.model}.json", metrics)

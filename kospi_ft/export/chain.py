@@ -1,11 +1,13 @@
-"""The export chain for one model: merge -> HF safetensors -> GGUF f16 -> quantized GGUF + Modelfile -> parity gate.
+"""The export chain for one model: base (+ adapter merged while converting) -> GGUF f16 -> quantized GGUF +
+Modelfile -> parity gate.
 
 Everything is built in temp dirs beside `out_dir`; only when the parity gate passes is the finished dir (the
 quantized GGUF and the Modelfile, nothing else) renamed onto `out_dir`. A failure at any step leaves no partial
-output, and the merged safetensors and the f16 GGUF (the spec's manual `rm` step) are always deleted; scratch left
-by a killed export (`.<model>.work.*`, `.<model>.*.tmp`) is removed when the next export of that model starts.
-Disk: a 7B adapter export needs ~15 GB for the merged safetensors plus ~15 GB for the f16 GGUF at its peak; the
-base export links the base's own weights instead of re-saving them, so it needs the f16 GGUF's ~15 GB only.
+output, and the f16 GGUF (the spec's manual `rm` step) is always deleted; scratch left by a killed export
+(`.<model>.work.*`, `.<model>.*.tmp`) is removed when the next export of that model starts.
+Disk: the converter reads the base's own safetensors (linked, never re-saved) and merges an adapter into each
+tensor as it writes it (kospi_ft.export.merge), so a 7B export's scratch peak is the f16 GGUF's ~15 GB plus the
+quantized file being written.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from tqdm.auto import tqdm
 from .. import atomic
 from ..tokenizer import CHATML_TEMPLATE, load_tokenizer
 from .gguf import convert_to_gguf, ftype_name
-from .merge import base_view, check_adapter_dir, merge_to_hf
+from .merge import base_view, read_adapter
 from .modelfile import render_modelfile
 from .parity import ParityReport, check_parity, parity_conversations
 from .quantize import QuantizeReport, quantize
@@ -70,7 +72,7 @@ def remove_stale_scratch(out_dir: Path) -> list[Path]:
 
 
 def export_model(*, base: str | Path, adapter_dir: Path | None, out_dir: Path, quant: str, system_prompt: str,
-                 num_ctx: int, temperature: float, merge_dtype: str = "bfloat16", threads: int = 0,
+                 num_ctx: int, temperature: float, threads: int = 0,
                  parity_tokens: int = 4, expected_template: str = CHATML_TEMPLATE, model_name: str | None = None,
                  progress: bool = True, revision: str | None = None) -> ExportResult:
     """Export base (+ adapter, if given) to `out_dir`/model-<quant>.gguf and `out_dir`/Modelfile.
@@ -79,7 +81,7 @@ def export_model(*, base: str | Path, adapter_dir: Path | None, out_dir: Path, q
     `base`."""
     out_dir = Path(out_dir)
     if adapter_dir is not None:
-        check_adapter_dir(adapter_dir)  # fail before any work when training has not produced it
+        read_adapter(adapter_dir)  # fail before any work when training has not produced it, or it cannot merge
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_scratch(out_dir)
     seconds: dict[str, float] = {}
@@ -95,18 +97,16 @@ def export_model(*, base: str | Path, adapter_dir: Path | None, out_dir: Path, q
     try:
         with atomic.atomic_path(out_dir, is_dir=True) as tmp_out:
             t0 = time.perf_counter()
-            if adapter_dir is None:
-                hf_dir = base_view(base, work / "hf", revision=revision)
-            else:
-                hf_dir = merge_to_hf(base, adapter_dir, work / "hf", dtype=merge_dtype, revision=revision)
-            # The gate compares against the tokenizer exactly as saved with the merged weights.
+            # The adapter dir carries the tokenizer training used (else the base's).
+            hf_dir = base_view(base, work / "hf", revision=revision, tokenizer_dir=adapter_dir)
+            # The gate compares against the tokenizer exactly as the converter reads it.
             tokenizer = load_tokenizer(hf_dir)
-            step("merge", t0)
+            step("prepare", t0)
 
             t0 = time.perf_counter()
             f16 = convert_to_gguf(hf_dir, work / "model-f16.gguf", outtype="f16",
-                                  model_name=model_name or out_dir.name)
-            shutil.rmtree(hf_dir)  # the safetensors copy is not needed past this point
+                                  model_name=model_name or out_dir.name, adapter_dir=adapter_dir)
+            shutil.rmtree(hf_dir)
             step("convert", t0)
 
             t0 = time.perf_counter()

