@@ -112,8 +112,9 @@ case $PHASE in
     python3 -c "import llama_cpp; print('gpu offload:', llama_cpp.llama_supports_gpu_offload())" | tee -a "$RES/gpu.txt"
     $E2E repro "$WORK" evaluate@base evaluate@stage3 compare --results "$RESULTS"
     compare_builds stage3 4
-    (cd "$HERE" && python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_evaluation.py 2>&1 | tail -3 \
-      | tee -a "$RES/gpu.txt")
+    # The whole output in the logs: a failure's reason must come back with the call.
+    (cd "$HERE" && python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_evaluation.py > "$E2E_LOGS/gpu-pytest.log" 2>&1
+     tail -40 "$E2E_LOGS/gpu-pytest.log" | tee -a "$RES/gpu.txt")
     ;;
   diag)
     # llama.cpp with every layer on the GPU, on a 7B-shaped Q4_K_M made by the graph's own export@base.

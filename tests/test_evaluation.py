@@ -618,7 +618,7 @@ def test_llamacpp_backend_runs_llama_cpp_in_a_process_of_its_own(tiny_gguf, refe
     finally:
         session.close()
     m = result.metrics
-    assert m["n_samples"] == 2 and m["throughput"]["gen_tokens_per_s"] > 0
+    assert m["n_samples"] == 2 and m["throughput"]["gen_tokens_per_s"] > 0, m
     assert m["per_task"]["what_if"]["n"] == 1 and m["rouge"]["l_f1_mean"] is not None
 
 
@@ -735,4 +735,4 @@ def test_evaluate_stage_with_every_layer_on_the_gpu(tiny_gguf, tmp_path, monkeyp
     evaluate_stage.main(["--name", "stage3", "--n-samples", "2", "--max-new-tokens", "16", "--no-likelihood",
                          "--no-progress", "--output", "out.json"])
     m = json.loads(Path("out.json").read_text())
-    assert m["n_samples"] == 2 and m["throughput"]["gen_tokens_per_s"] > 0
+    assert m["n_samples"] == 2 and m["throughput"]["gen_tokens_per_s"] > 0, m
