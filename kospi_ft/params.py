@@ -74,7 +74,25 @@ def yaml_rt():
     return yaml
 
 
-def read_raw(path: str | os.PathLike | None = None) -> dict:
+class RawParams(dict):
+    """A params file's contents as plain values, plus `root`: the dir its relative paths are relative to."""
+
+    root: Path = Path(".")
+
+
+def project_dir(params_file: str | os.PathLike) -> Path:
+    """The dir a params file's relative paths resolve against: the file's own, the project root.
+
+    `.` when that is the cwd, so a stage run from the project root (as dvc runs them) gets every path exactly as
+    written (relative: dvc.yaml's outs, and the paths recorded in metrics and resolved configs)."""
+    folder = Path(params_file).parent
+    try:
+        return Path(".") if folder.resolve() == Path.cwd().resolve() else folder
+    except OSError:
+        return folder
+
+
+def read_raw(path: str | os.PathLike | None = None) -> RawParams:
     path = Path(path or PARAMS_FILE)
     if not path.exists():
         raise ParamsError(f"{path}: params file not found (run from the project root, or set KOSPI_FT_PARAMS)")
@@ -82,11 +100,29 @@ def read_raw(path: str | os.PathLike | None = None) -> dict:
         data = yaml_rt().load(f)
     if not isinstance(data, Mapping):
         raise ParamsError(f"{path}: top level must be a mapping")
-    data = _plain(data)
+    data = RawParams(_plain(data))
+    data.root = project_dir(path)
     from . import presets  # the section models import this module
 
     presets.check(data, str(path))
     return data
+
+
+def root_of(raw: Mapping) -> Path:
+    """Where `raw`'s relative paths resolve: its file's dir (read_raw), else the default params file's."""
+    return raw.root if isinstance(raw, RawParams) else project_dir(PARAMS_FILE)
+
+
+def project_path(raw: Mapping, value: str | os.PathLike) -> Path:
+    """A path value of `raw` as seen from the cwd (an absolute one stays as it is)."""
+    return root_of(raw) / value
+
+
+def local_dir_or_id(raw: Mapping, name: str) -> str:
+    """A model/tokenizer value that is a local dir (relative to the project) or a hub id: the dir as seen from the
+    cwd when it exists there, else `name` unchanged."""
+    local = project_path(raw, name)
+    return str(local) if local.is_dir() else name
 
 
 def _plain(obj: Any) -> Any:
@@ -146,7 +182,14 @@ def load(section: str, model: type[T], overrides: Mapping[str, Any] | None = Non
 
 
 def load_paths(path: str | os.PathLike | None = None, raw: Mapping | None = None) -> Paths:
-    return load("paths", Paths, path=path, raw=raw)
+    """The `paths` section, relative paths resolved against the params file's dir (see `project_dir`): run from
+    elsewhere (KOSPI_FT_PARAMS, --params), a stage still reads and writes the project's files."""
+    raw = read_raw(path) if raw is None else raw
+    paths = load("paths", Paths, raw=raw)
+    root = root_of(raw)
+    if root == Path("."):
+        return paths
+    return paths.model_copy(update={name: root / value for name, value in paths})
 
 
 def update(path: str | os.PathLike, dotted_key: str, value: Any) -> None:

@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> None:
 
     raw = params.read_raw(args.params)
     model = params.load("model", ModelParams, raw=raw)
+    # A local base (embedded: models/base) is the project's, wherever the stage runs from.
+    model = model.model_copy(update={"name": params.local_dir_or_id(raw, model.name)})
     launch(raw, args, model, "stages.dpo", argv)
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "max_seq_length", "beta")}
     cfg = params.load("dpo", DPOParams, overrides=overrides, raw=raw)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from kospi_ft import atomic, params
 from kospi_ft.data.dpo_pairs import (
-    DpoPairsParams, ModelRejectStats, collect_model_rejects, combine, make_pairs, model_reject_target,
+    DpoPairsParams, ModelRejectStats, check_count, collect_model_rejects, combine, make_pairs, model_reject_target,
 )
 from kospi_ft.jsonl import read_jsonl
 
@@ -71,16 +71,21 @@ def main(argv: list[str] | None = None) -> None:
     progress = not args.no_progress
     source = Path(args.input or paths.synthetic)
     records = [r for _, r in read_jsonl(source, what="SFT set", hint="run `dvc repro synthesize`")]
+    held_out_source = Path(args.eval_input or paths.eval_set)
+    eval_records = [r for _, r in read_jsonl(held_out_source, what="eval set", hint="run `dvc repro synthesize`")]
+    # Before the model is sampled or a file written. All `count` pairs: a model-reject shortfall is synthetic.
+    check_count(records, cfg.count, param="dpo_pairs.count", source=str(source))
+    check_count(eval_records, cfg.eval_count, param="dpo_pairs.eval_count", source=str(held_out_source))
     model_pairs: list[dict] = []
     if cfg.collect_model_rejects:
         model_pairs, stats = sample_model_rejects(cfg, raw, records, args.ollama_url, progress, str(source))
         log.info("model rejects: %s", json.dumps(stats.as_dict(), sort_keys=True))
-    pairs = combine(model_pairs, records, cfg.count, seed=cfg.seed, progress=progress, source=str(source))
+    pairs = combine(model_pairs, records, cfg.count, seed=cfg.seed, progress=progress, source=str(source),
+                    param="dpo_pairs.count")
     atomic.write_jsonl(args.output or paths.dpo_pairs, pairs)
     log.info("%d pairs: %s", len(pairs), dict(collections.Counter(p["rejection_type"] for p in pairs)))
-    held_out_source = Path(args.eval_input or paths.eval_set)
-    eval_records = [r for _, r in read_jsonl(held_out_source, what="eval set", hint="run `dvc repro synthesize`")]
-    held_out = make_pairs(eval_records, cfg.eval_count, seed=cfg.seed, source=str(held_out_source))
+    held_out = make_pairs(eval_records, cfg.eval_count, seed=cfg.seed, source=str(held_out_source),
+                          param="dpo_pairs.eval_count")
     atomic.write_jsonl(args.eval_output or paths.eval_pairs, held_out)
     log.info("%d held-out pairs from %s: %s", len(held_out), held_out_source,
              dict(collections.Counter(p["rejection_type"] for p in held_out)))

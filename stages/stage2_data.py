@@ -23,6 +23,7 @@ from kospi_ft.data.reasoning_logs import Stage2DataParams, mix, read_logs
 from kospi_ft.data.snapshot import MarketSnapshotStore
 from kospi_ft.errors import ParamsError
 from kospi_ft.jsonl import read_jsonl
+from kospi_ft.training.sft import Stage2Params  # the params model only: no torch or transformers
 
 log = logging.getLogger("stage2_data")
 
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     args, raw, paths = params.parse_stage_args(build_parser(), argv)
     cfg = params.load("stage2_data", Stage2DataParams, raw=raw, overrides={
         "logs_ratio": args.logs_ratio, "skip_invalid": args.skip_invalid, "seed": args.seed})
-    logs = None if args.no_logs else Path(args.logs) if args.logs else cfg.logs
+    logs = None if args.no_logs else Path(args.logs) if args.logs else \
+        None if cfg.logs is None else params.project_path(raw, cfg.logs)
     if logs is not None and not args.logs and not logs.resolve().is_relative_to(paths.logs_dir.resolve()):
         # dvc.yaml tracks paths.logs_dir: a file elsewhere would change without DVC rerunning this stage.
         raise ParamsError(f"params.yaml: stage2_data.logs: {logs} is outside paths.logs_dir ({paths.logs_dir}); "
@@ -59,7 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     if logs is not None:
         # The store is read only when needed: a line with snapshot_date renders that day's market block.
         store = MarketSnapshotStore.from_dir(paths.snapshots_dir) if paths.snapshots_dir.is_dir() else None
-        records, report = read_logs(logs, store, skip_invalid=cfg.skip_invalid, seed=cfg.seed)
+        # Stage 2 cuts a longer record to stage2.max_seq_length, its answer with it: rejected here instead.
+        max_seq_length = params.load("stage2", Stage2Params, raw=raw).max_seq_length
+        records, report = read_logs(logs, store, skip_invalid=cfg.skip_invalid, seed=cfg.seed,
+                                    max_seq_length=max_seq_length)
     mixed = mix(synthetic, records, cfg.logs_ratio, cfg.seed, report)
     stats = {"logs_file": None if logs is None else logs.as_posix(), "logs_ratio": cfg.logs_ratio, **mixed.stats}
 

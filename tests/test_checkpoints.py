@@ -84,6 +84,18 @@ def test_a_plain_rerun_after_sigkills_resumes_and_matches_an_uninterrupted_run(k
         [float(line.split("\t")[1]) for line in whole_curve], abs=1e-5)
 
 
+def test_a_resumed_runs_train_loss_is_the_uninterrupted_runs(killed_twice, uninterrupted):
+    """The mean loss per step over all six steps: transformers' training_loss after the resume from checkpoint-2 is
+    steps 3-6's loss divided by six."""
+    whole = json.loads((uninterrupted / "stage1.json").read_text())
+    _, _, metrics = killed_twice
+    assert metrics["resumed_from"] == "checkpoint-2"
+    assert metrics["train_loss"] == pytest.approx(whole["train_loss"], abs=1e-5)
+    curve = (uninterrupted / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()[1:]
+    losses = [float(line.split("\t")[1]) for line in curve]
+    assert len(losses) == 6 and whole["train_loss"] == pytest.approx(sum(losses) / 6, abs=1e-5)
+
+
 def complete_copy(uninterrupted: Path, tmp_path: Path, finished: bool = True) -> Path:
     """The uninterrupted run's checkpoint dir; `finished=False`: as if killed after its last checkpoint."""
     copy = tmp_path / "ckpt"

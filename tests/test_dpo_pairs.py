@@ -160,6 +160,41 @@ def test_held_out_pairs_share_no_prompt_with_the_training_pairs(tmp_path, sft, h
         assert p["rejected"][0]["content"] != p["chosen"][0]["content"]
 
 
+def _distinct(pairs) -> int:
+    return len({json.dumps([p["prompt"], p["chosen"], p["rejected"]], ensure_ascii=False) for p in pairs})
+
+
+def test_pairs_never_repeat_when_records_are_reused(held_out_set):
+    """Past the record count each record backs at most one pair per rejection type: the real preset's 200 held-out
+    pairs from 100 eval records, and 24 records taken to their capacity, 80. (Reuse used to repeat deterministic
+    corruptions: 195 distinct of the 200; 3 records and count 1000 gave one pair 69 times.)"""
+    for records, count in [(generate(100, seed=4242, split="eval"), 200), (held_out_set, 80)]:
+        pairs = make_pairs(records, count, seed=42)
+        assert len(pairs) == count and _distinct(pairs) == count
+        assert len({(json.dumps(p["prompt"], ensure_ascii=False), p["rejection_type"]) for p in pairs}) == count
+        assert dict(collections.Counter(p["rejection_type"] for p in pairs)) == allocate(count, REJECTION_SHARES)
+
+
+def test_a_count_the_records_cannot_back_is_an_error_naming_the_key(tmp_path, sft, held_out_set):
+    from kospi_ft.data.dpo_pairs import pair_capacity
+    from kospi_ft.errors import ParamsError
+
+    # The largest type, strategy_violation (30%), must fit: one pair of each type per record.
+    assert (pair_capacity(1), pair_capacity(24), pair_capacity(100)) == (4, 80, 334)
+    with pytest.raises(ParamsError, match=r"^dpo_pairs\.count=1000: .*train\.jsonl holds 3 distinct SFT records, "
+                                          r"which yield at most 10 distinct pairs .*lower dpo_pairs\.count to 10"):
+        _stage(tmp_path / "a", sft[:3], held_out_set, "--count", "1000", "--eval-count", "20")
+    with pytest.raises(ParamsError, match=r"^dpo_pairs\.eval_count=81: .*eval\.jsonl holds 24 distinct SFT "
+                                          r"records, which yield at most 80 distinct pairs"):
+        _stage(tmp_path / "b", sft, held_out_set, "--count", "50", "--eval-count", "81")
+    for run in "ab":  # refused before anything was written
+        assert not (tmp_path / run / "pairs.jsonl").exists() and not (tmp_path / run / "eval_pairs.jsonl").exists()
+    # Copies of a record are one record: they would back the same pairs.
+    with pytest.raises(ParamsError, match=r"count=9: <records> holds 2 distinct SFT records, which yield at most 8"):
+        make_pairs(sft[:2] * 5, 9, seed=0)
+    assert _distinct(make_pairs(sft[:2] * 5, 8, seed=0)) == 8
+
+
 def test_missing_input_is_a_clear_error(tmp_path):
     from stages.dpo_pairs import main
 

@@ -215,3 +215,115 @@ def test_integer_krw_amounts_stay_exact_beyond_float_precision(tmp_path, bars):
                                              pa.array([big] * t.num_rows, pa.int64())))
     table, _ = ingest.load_tree(root, START, END)
     assert table["market_cap"][0].as_py() == big
+
+
+def _cell(t: pa.Table, col: str, row: int, value, typ=None) -> pa.Table:
+    """`t` with one cell of `col` replaced (the column cast to `typ` first, if given)."""
+    values = t[col].to_pylist()
+    values[row] = value
+    return t.set_column(t.schema.get_field_index(col), col, pa.array(values, typ or t[col].type))
+
+
+def _first_feb_row(bars: pa.Table) -> tuple[str, str]:
+    """(date, ticker) of February's first row, as check messages print them."""
+    feb = bars.filter(pc.greater_equal(bars["date"], pa.scalar(dt.date(2021, 2, 1))))
+    return str(feb["date"][0].as_py()), feb["ticker"][0].as_py()
+
+
+@pytest.mark.parametrize("folder", ["month=2", "month=02"])
+def test_duplicate_keys_across_a_months_files_name_both_files(tmp_path, bars, monkeypatch, folder):
+    monkeypatch.chdir(tmp_path)
+    root = Path("seed")  # relative, as a user may give it: the message keeps the paths as given
+    write_vendor_tree(bars, root, "seed")
+    feb = market.partition_path(root, 2021, 2)
+    extra = root / "year=2021" / folder / "extra.parquet"
+    extra.parent.mkdir(exist_ok=True)
+    # February's last 7 rows again, in pykrx's columns: the message names each file's own key columns.
+    pq.write_table(as_vendor(bars.slice(bars.num_rows - 7, 7), "pykrx"), extra)
+    with pytest.raises(DataValidationError, match=r"duplicate \(date, ticker\) row\(s\) across the files of 2021-02"
+                       ) as err:
+        ingest.load_tree(root, START, END)
+    msg = str(err.value)
+    last = bars.slice(bars.num_rows - 7, 1)
+    assert f"{feb} and {extra}: both hold date={last['date'][0].as_py()} ticker={last['ticker'][0].as_py()}" in msg
+    assert "key columns 'date'/'ticker' and '날짜'/'티커'" in msg and "7 duplicate" in msg
+    assert ("folders month=2 and month=02 name the same month" in msg) == (folder == "month=02")
+
+
+@pytest.mark.parametrize("folder", ["month=2", "month=02"])
+def test_a_month_split_over_files_without_duplicates_still_ingests(tmp_path, bars, folder):
+    root = _tree(tmp_path, bars, "seed")
+    whole, _ = ingest.load_tree(root, START, END)
+    feb = market.partition_path(root, 2021, 2)
+    rows = pq.read_table(feb)
+    extra = root / "year=2021" / folder / "extra.parquet"
+    extra.parent.mkdir(exist_ok=True)
+    pq.write_table(rows.slice(20), extra)
+    pq.write_table(rows.slice(0, 20), feb)
+    table, report = ingest.load_tree(root, START, END)
+    assert table.equals(whole) and report.metrics("krx")["files"] == 3
+
+
+@pytest.mark.parametrize("vendor,col,change,pattern", [
+    # seed: the cap is given, shares derived from it (was blamed on 'shares'); pykrx: cap and shares given
+    # (a zero cap passed, and snapshots turned its month's market days into NaN)
+    ("seed", "market_cap", lambda v: -v, r"column 'market_cap' has non-positive market caps"),
+    ("pykrx", "시가총액", lambda v: 0, r"column '시가총액' \(market_cap\) has non-positive market caps"),
+    ("fdr", "Shares", lambda v: 0, r"column 'Shares' \(shares\) has non-positive share counts, so market_cap = "
+                                   r"'Close' x 'Shares' is not positive"),  # no MarCap: derived from Shares
+])
+def test_non_positive_market_caps_name_file_column_and_row(tmp_path, bars, vendor, col, change, pattern):
+    root = _tree(tmp_path, bars, vendor)
+
+    def corrupt(t):
+        t = t.drop_columns(["MarCap"]) if vendor == "fdr" else t
+        return _cell(t, col, 0, change(t[col][0].as_py()))
+
+    path = _rewrite(root, 2, corrupt)
+    date, ticker = _first_feb_row(bars)
+    with pytest.raises(DataValidationError, match=pattern) as err:
+        ingest.load_tree(root, START, END)
+    assert str(path) in str(err.value)
+    assert f"1 row(s), first at date={date} ticker=" in str(err.value) and ticker.lstrip("0") in str(err.value)
+
+
+@pytest.mark.parametrize("vendor,col,value,pattern", [
+    ("seed", "close", np.inf, r"column 'close' has infinite values \(a missing close is empty, null or NaN\)"),
+    ("fdr", "Close", -np.inf, r"column 'Close' \(close\) has infinite values"),  # both were dropped as missing
+    ("pykrx", "고가", np.inf, r"column '고가' \(high\) has infinite values"),  # was "'high' has NaN or non-positive"
+    ("seed", "volume", np.inf, r"column 'volume' has infinite values"),  # was 'must hold whole numbers'
+    ("seed", "market_cap", np.inf, r"column 'market_cap' has infinite values"),  # was '1 null value(s)'
+    ("fdr", "Shares", np.inf, r"column 'Shares' \(shares\) has infinite values"),  # was left null
+])
+def test_infinite_numbers_are_errors_not_missing_values(tmp_path, bars, vendor, col, value, pattern):
+    root = _tree(tmp_path, bars, vendor)
+    path = _rewrite(root, 2, lambda t: _cell(t, col, 0, value, pa.float64()))
+    date, _ = _first_feb_row(bars)
+    with pytest.raises(DataValidationError, match=pattern) as err:
+        ingest.load_tree(root, START, END)
+    assert str(path) in str(err.value) and f"first at date={date}" in str(err.value)
+
+
+def _no_column(name):
+    return lambda t: t.drop_columns([name])
+
+
+@pytest.mark.parametrize("vendor,col,value,typ,pre,pattern", [
+    # A float cap beyond int64 was cast to -2**63 (then blamed on 'shares'); uint64 raised a bare ArrowInvalid.
+    ("seed", "market_cap", 1e20, pa.float64(), None, r"column 'market_cap' has numbers beyond what int64 holds"),
+    ("fdr", "MarCap", 2**64 - 5, pa.uint64(), None,
+     r"column 'MarCap' \(market_cap\) has numbers beyond .*value 18446744073709551611"),
+    ("fdr", "Amount", 2**63, pa.uint64(), None, r"column 'Amount' \(value\) has numbers beyond what int64 holds"),
+    ("fdr", "Volume", 1e20, pa.float64(), None,  # was "column 'volume' cannot be read as int64"
+     r"column 'Volume' \(volume\) has numbers beyond what int64 holds"),
+    # Derived amounts: close x volume wrapped to a negative value, close x shares to a cap that passed.
+    ("seed", "volume", 9e18, pa.float64(), None, r"'value' = 'close' x 'volume' has numbers beyond what int64"),
+    ("fdr", "Shares", 5e18, pa.int64(), _no_column("MarCap"),
+     r"'market_cap' = 'Close' x 'Shares' has numbers beyond what int64 holds"),
+])
+def test_numbers_beyond_int64_name_file_and_column(tmp_path, bars, vendor, col, value, typ, pre, pattern):
+    root = _tree(tmp_path, bars, vendor)
+    path = _rewrite(root, 2, lambda t: _cell(pre(t) if pre else t, col, 0, value, typ))
+    with pytest.raises(DataValidationError, match=pattern) as err:
+        ingest.load_tree(root, START, END)
+    assert str(path) in str(err.value) and "1 row(s), first at date=" in str(err.value)

@@ -1,6 +1,8 @@
 """The one JSONL reader behind the training, DPO-pair and evaluation inputs."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from kospi_ft.errors import DataValidationError, PipelineError
@@ -14,6 +16,29 @@ def test_records_keep_their_file_line_numbers(tmp_path):
     path.write_text('{"a": 1}\n\n{"a": \n', encoding="utf-8")
     with pytest.raises(DataValidationError, match=r"x\.jsonl:3: not valid JSON"):
         read_jsonl(path, what="set", hint="h")
+
+
+@pytest.mark.parametrize("line,pattern", [
+    ("질문".encode("cp949"), r"x\.jsonl:2: not UTF-8 \(byte 0xc1 at byte 1 of the line\)$"),  # a CP949 file
+    (b'{"a": "\xed\xa0\x80"}', r"x\.jsonl:2: not UTF-8 \(byte 0xed at byte 8 of the line\)$"),  # a surrogate
+    (b"[" * 100_000, r"x\.jsonl:2: JSON nested too deeply to parse$"),
+    (b'{"a": 1' + b"0" * 5000 + b"}", rf"x\.jsonl:2: an integer of more than {sys.get_int_max_str_digits()} digits"),
+], ids=["cp949_byte", "encoded_surrogate", "nesting", "long_integer"])
+def test_a_line_that_cannot_be_parsed_is_one_error_naming_it_or_skipped(tmp_path, line, pattern):
+    """Not a UnicodeDecodeError, RecursionError or int-digits ValueError traceback, and never the whole file."""
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"a": 1}\n' + line + '\n{"a": "가"}\n'.encode())
+    with pytest.raises(DataValidationError, match=pattern):
+        read_jsonl(path, what="set", hint="h")
+    skipped = []
+    rows = read_jsonl(path, what="set", hint="h", on_bad_line=lambda n, message: skipped.append(n))
+    assert rows == [(1, {"a": 1}), (3, {"a": "가"})] and skipped == [2]
+
+
+def test_line_numbers_stay_those_of_universal_newlines(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"a": 1}\r\n{"a": 2}\r{"a": 3}\n')  # read in text mode, as before: \r ends a line too
+    assert read_jsonl(path, what="set", hint="h") == [(1, {"a": 1}), (2, {"a": 2}), (3, {"a": 3})]
 
 
 def test_missing_and_empty_files_are_named(tmp_path):

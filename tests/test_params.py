@@ -50,6 +50,48 @@ def test_shipped_paths_load():
     assert paths.market_dir.as_posix() == "data/market_daily"
 
 
+def test_paths_resolve_against_the_params_files_dir(tmp_path, monkeypatch):
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    shutil.copy("params.yaml", project / "params.yaml")
+    # From the project root, as dvc runs the stages: the paths exactly as written, whichever way the file is named.
+    monkeypatch.chdir(project)
+    for name in ("params.yaml", project / "params.yaml"):
+        assert params.load_paths(name).market_dir.as_posix() == "data/market_daily"
+    monkeypatch.chdir(elsewhere)
+    raw = params.read_raw(project / "params.yaml")
+    paths = params.load_paths(raw=raw)
+    assert paths.market_dir == project / "data/market_daily" and paths.models_dir == project / "models"
+    assert params.load_paths("../project/params.yaml").stage1_data.as_posix() == "../project/data/stage1/train.jsonl"
+    (project / "models" / "base").mkdir(parents=True)
+    assert params.local_dir_or_id(raw, "models/base") == str(project / "models" / "base")
+    assert params.local_dir_or_id(raw, "unsloth/Qwen2.5-7B-Instruct") == "unsloth/Qwen2.5-7B-Instruct"
+
+
+def test_a_stage_run_from_another_dir_with_kospi_ft_params_writes_into_the_project(tmp_path):
+    """`KOSPI_FT_PARAMS=<project>/params.yaml python -m stages.market` from elsewhere: the market tree and its
+    metrics land in the project, nothing in the cwd."""
+    import os
+    from pathlib import Path
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    shutil.copy("params.yaml", project / "params.yaml")
+    params.update(project / "params.yaml", "market.start", "2024-01")  # two months: a second to simulate
+    params.update(project / "params.yaml", "market.end", "2024-02")
+    env = {**os.environ, "KOSPI_FT_PARAMS": str(project / "params.yaml"),
+           "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-m", "stages.market"], cwd=elsewhere, env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in (project / "data" / "market_daily" / "year=2024").iterdir()) == ["month=1",
+                                                                                                    "month=2"]
+    assert (project / "metrics" / "market_ingest.json").is_file()
+    assert list(elsewhere.iterdir()) == []
+
+
 # --- presets ----------------------------------------------------------------------------------------------------
 
 def shipped_copy(tmp_path):

@@ -113,6 +113,87 @@ def test_bad_lines_can_be_skipped_and_counted(tmp_path, example_lines, store):
     assert [r["meta"]["line"] for r in records] == [1, 6]
 
 
+@pytest.mark.parametrize("bad,pattern", [
+    (lambda line: line.replace("@@".encode(), "질문".encode("cp949")), r":2: not UTF-8 \(byte 0xc1 at byte \d+ of"),
+    (lambda line: b"[" * 100_000, r":2: JSON nested too deeply to parse$"),
+    (lambda line: line.replace(b'"@@"', b'"@@", "id": 1' + b"0" * 5000), r":2: an integer of more than \d+ digits"),
+], ids=["cp949_byte", "nesting", "long_integer"])
+def test_a_line_that_cannot_be_parsed_is_one_error_or_skipped(tmp_path, example_lines, store, bad, pattern):
+    """A non-UTF-8 byte (a CP949 file), pathological nesting, an integer too long to parse: file:line, one line."""
+    second = {**example_lines[1], "question": "@@"}
+    lines = [json.dumps(x, ensure_ascii=False).encode() for x in (example_lines[0], second, example_lines[2])]
+    path = tmp_path / "logs.jsonl"
+    path.write_bytes(b"\n".join([lines[0], bad(lines[1]), lines[2]]) + b"\n")
+    with pytest.raises(DataValidationError, match=pattern) as err:
+        read_logs(path, store)
+    assert str(err.value).startswith(f"{path}:2: ") and "\n" not in str(err.value)
+    records, report = read_logs(path, store, skip_invalid=True)
+    assert report.lines == 3 and report.valid == 2 and report.skipped_invalid == 1
+    assert [r["meta"]["line"] for r in records] == [1, 3]  # one bad line does not cost the rest of the file
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from kospi_ft.tokenizer import load_tokenizer
+
+    return load_tokenizer()
+
+
+class _Counting:
+    """The tokenizer, noting the length of every text it tokenizes."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.sizes = tokenizer, []
+
+    def apply_chat_template(self, messages, **kwargs):
+        return self.tokenizer.apply_chat_template(messages, **kwargs)
+
+    def __call__(self, text, **kwargs):
+        self.sizes.append(len(text))
+        return self.tokenizer(text, **kwargs)
+
+
+def test_a_50_mb_line_is_rejected_without_tokenizing_it_or_skipped(tmp_path, example_lines, store, tokenizer):
+    # It was accepted, and mix() repeats train log records in whole passes to reach logs_ratio, so a file of fewer
+    # train lines than wanted put it into Stage 2 twice; Stage 2 then cut it to max_seq_length, answer included.
+    huge = {**example_lines[1], "context": "가" * (50_000_000 // 3)}
+    path = _write(tmp_path, [example_lines[0], huge, example_lines[2]])
+    counting = _Counting(tokenizer)
+    with pytest.raises(DataValidationError, match=r"logs\.jsonl:2: the record is at least [\d,]+ tokens \(50,0[\d,]+ "
+                                                  r"bytes of text\), over stage2\.max_seq_length \(3,584\)$"):
+        read_logs(path, store, max_seq_length=3584, tokenizer=counting)
+    records, report = read_logs(path, store, skip_invalid=True, max_seq_length=3584, tokenizer=counting)
+    assert report.lines == 3 and report.valid == 2 and report.skipped_invalid == 1
+    assert [r["meta"]["line"] for r in records] == [1, 3]
+    assert counting.sizes and max(counting.sizes) < 100_000  # lines 1 and 3 only
+
+
+def test_max_seq_length_counts_tokens_as_stage2_does(example_lines, store, tokenizer):
+    kept, _ = read_logs(EXAMPLE, store)
+    lengths = [len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=False)) for r in kept]
+    longest = max(lengths)
+    # At the longest record's length every record fits, and the output is the same (the embedded tokenizer).
+    assert read_logs(EXAMPLE, store, max_seq_length=longest) == read_logs(EXAMPLE, store)
+    line = lengths.index(longest) + 1
+    with pytest.raises(DataValidationError, match=rf"example\.jsonl:{line}: the record is {longest:,} tokens, over "
+                                                  rf"stage2\.max_seq_length \({longest - 1:,}\): training would cut"):
+        read_logs(EXAMPLE, store, max_seq_length=longest - 1, tokenizer=tokenizer)
+    records, report = read_logs(EXAMPLE, store, max_seq_length=longest - 1, tokenizer=tokenizer, skip_invalid=True)
+    assert report.skipped_invalid == 1 and records == [r for r in kept if r["meta"]["line"] != line]
+
+
+def test_the_byte_bound_holds_for_the_qwen_tokenizer(tokenizer):
+    """A token is at most MAX_TOKEN_BYTES bytes of NFC text: the bound that rejects a huge line untokenized."""
+    from tokenizers.normalizers import NFC
+
+    from kospi_ft.data.reasoning_logs import MAX_TOKEN_BYTES
+
+    assert isinstance(tokenizer.backend_tokenizer.normalizer, NFC)
+    special = {t.content for t in tokenizer.added_tokens_decoder.values()}
+    # A byte-level BPE token spells one byte per character; special tokens are literal text.
+    assert max(len(t.encode()) if t in special else len(t) for t in tokenizer.get_vocab()) == MAX_TOKEN_BYTES
+
+
 def test_valid_decisions_that_break_the_strategy_rules_are_counted_not_dropped(tmp_path, example_lines, store):
     line = copy.deepcopy(next(x for x in example_lines if x["task"] == "regime_classification"))
     line["decision"]["exposure"] = 1.0 if line["decision"]["regime"] == "BEAR" else 0.0  # outside the band

@@ -132,6 +132,26 @@ def test_shipped_params_load_in_both_presets(preset):
         assert model.name == str(params.load_paths(raw=raw).models_dir / "base")
 
 
+@pytest.mark.parametrize("section, model", [("stage1", SFTParams), ("stage2", Stage2Params), ("dpo", DPOParams)])
+def test_max_steps_is_positive_or_minus_one_in_every_training_section(section, model):
+    """transformers reads any max_steps <= 0 as "train whole epochs": 0 or -2 would quietly run a full epoch."""
+    for bad in (0, -2):
+        with pytest.raises(ParamsError, match=rf"params.yaml: {section}\.max_steps: .*positive step count, or -1 "
+                                              rf"to train whole epochs \(got {bad}\)"):
+            params.load(section, model, overrides={"max_steps": bad})
+    assert params.load(section, model, overrides={"max_steps": -1}).max_steps == -1
+    assert params.load(section, model, overrides={"max_steps": 7}).max_steps == 7
+
+
+def test_every_section_with_max_steps_shares_the_training_params_definition():
+    from kospi_ft.training.common import TrainParams
+
+    with_steps = {s for s, m in presets.section_models().items() if "max_steps" in m.model_fields}
+    assert with_steps == {"stage1", "stage2", "dpo"}
+    for section in with_steps:
+        assert issubclass(presets.section_models()[section], TrainParams), section
+
+
 def test_stage1_rejects_skip_stage1():
     from stages.sft import main
 
@@ -442,10 +462,56 @@ def test_a_resumed_dpo_run_continues_its_trained_policy(base_dir, stage2_dir, tm
     assert (ckpt / "checkpoint-1" / "ref").is_dir()  # the layout transformers mis-resumes
     resumed = dpo(tmp_path / "cut")
     assert resumed["resumed_from"].endswith("checkpoint-1") and resumed["steps"] == whole["steps"] == 2
+    # Over both steps, not the resumed step's loss divided by two (transformers' training_loss after a resume).
+    assert resumed["train_loss"] == pytest.approx(whole["train_loss"], abs=1e-6)
     saved, want = adapter_tensors(tmp_path / "cut" / "stage3"), adapter_tensors(tmp_path / "whole" / "stage3")
     assert all(torch.equal(saved[k], want[k]) for k in want), "the resumed policy differs from the uninterrupted"
     start = adapter_tensors(stage2_dir)
     assert not any(torch.equal(saved[k], start[k]) for k in start)
+
+
+def test_dpo_prompts_past_max_seq_length_stop_before_anything_is_touched(base_dir, stage2_dir, tmp_path):
+    """Every prompt at least max_seq_length tokens: Stage 2's error, and the finished run's checkpoints, the
+    adapter, metrics and curves are as they were (TRL would fail with `num_samples=0` after they were removed)."""
+    from kospi_ft.training import checkpoints
+    from kospi_ft.training.dpo import train_dpo
+
+    paths = run_paths(tmp_path, "stage3")
+    (paths.checkpoint_dir / "checkpoint-4").mkdir(parents=True)
+    (paths.checkpoint_dir / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (paths.checkpoint_dir / checkpoints.FINGERPRINT_FILE).write_text('{"fingerprint": "earlier"}')
+    checkpoints.mark_finished(paths.checkpoint_dir, paths.output_dir)
+    paths.output_dir.mkdir()
+    (paths.output_dir / "adapter_config.json").write_text("{}")
+    paths.metrics_file.write_text("{}")
+    (paths.live_dir / "plots").mkdir(parents=True)
+    (paths.live_dir / "plots" / "loss.tsv").write_text("step\tloss\n1\t0.69\n")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    # The fixture's prompts are 51-56 tokens.
+    with pytest.raises(DataValidationError, match=r"dpo_pairs.jsonl: no assistant token is left within "
+                                                  r"max_seq_length=48 \(every prompt is 51 tokens or longer\)"):
+        train_dpo(DPOParams(epochs=1, max_steps=1, lr=1e-3, batch_size=1, max_seq_length=48, save_steps=10),
+                  model_name=base_dir, backend="hf", load_in_4bit=True, data_path=FIXTURES / "dpo_pairs.jsonl",
+                  stage2_adapter=stage2_dir, paths=paths, eval_path=FIXTURES / "dpo_pairs.jsonl")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_dpo_prompt_check_counts_what_trl_drops(base_dir, stage2_dir, tmp_path, caplog):
+    """The pre-check's token counts are TRL's: at max_seq_length 54 it names the 4 pairs TRL leaves out."""
+    from kospi_ft.tokenizer import load_tokenizer
+    from kospi_ft.training.dpo import check_prompts_fit, prompt_lengths
+
+    pairs = load_pairs(FIXTURES / "dpo_pairs.jsonl")
+    trainer = build_dpo_trainer(
+        DPOParams(epochs=1, max_steps=1, lr=5e-7, batch_size=1, max_seq_length=256, save_steps=10),
+        model_name=base_dir, backend="hf", load_in_4bit=True, data=pairs, stage2_adapter=stage2_dir,
+        paths=run_paths(tmp_path, "dpo", live=False))
+    tokenizer = load_tokenizer(base_dir)
+    assert prompt_lengths(tokenizer, pairs) == [len(ids) for ids in trainer.train_dataset["prompt_ids"]]
+    with caplog.at_level("WARNING"):
+        check_prompts_fit([(Path("pairs.jsonl"), pairs)], tokenizer, 54)
+    assert "pairs.jsonl: 4 of 6 pairs have a prompt of max_seq_length=54 tokens or more" in caplog.text
 
 
 def test_dpo_off_its_stage2_reference_writes_no_stage3(base_dir, stage2_dir, tmp_path):

@@ -12,7 +12,8 @@ evaluator uses, `kospi_ft.schema` and `kospi_ft.strategy`; see `rejection_holds`
   wrong type such as exposure "high", invalid enum).
 - hallucination (20%): every schema error is a hallucination (ticker outside the universe, PER 2000,
   leverage 5x, a name that is not the ticker's).
-Type counts use the same largest-remainder rule as the SFT task counts.
+Type counts use the same largest-remainder rule as the SFT task counts. A record backs at most one pair per
+rejection type, so no pair repeats; a count the records cannot back that way is a ParamsError (`pair_capacity`).
 
 Model rejects (`collect_model_rejects`, spec 3.2): `model_reject_ratio` of the pairs get a rejected answer the
 Stage-2 model actually wrote. `collect_model_rejects` samples it through the evaluation backends (llama.cpp on
@@ -25,6 +26,7 @@ its own seed derived from `seed`, so a fixed model file gives the same pairs run
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -35,7 +37,7 @@ from pydantic import Field, ValidationError, model_validator
 from tqdm import tqdm
 
 from .. import params as params_mod
-from ..errors import DataValidationError
+from ..errors import DataValidationError, ParamsError
 from ..evaluation.parsing import extract_json
 from ..schema import HALLUCINATION as HALLUCINATION_ERROR, TaskType, quality_issues, schema_errors, validate_response
 from ..strategy import REGIME_ORDER, RULES, rule_violations
@@ -63,7 +65,7 @@ MODEL_OUTPUT = "model_output"
 class DpoPairsParams(params_mod.Section):
     """params.yaml `dpo_pairs:` (CLI flags of stages/dpo_pairs.py override it)."""
 
-    count: int = 2000
+    count: int = 2000  # at most pair_capacity(distinct SFT records): no pair repeats (check_count)
     # Held-out pairs (paths.eval_pairs) from the eval set (paths.eval_set), by the same rejecter and type shares:
     # Stage 3's eval split and the evaluate stage's preference metrics. The eval set's own dates and seed keep
     # their prompts apart from every training pair's.
@@ -355,11 +357,67 @@ def _check_record(i: int, rec: Any, source: str) -> tuple[list[dict], str, TaskT
     return messages[:-1], text, task
 
 
+def _record_keys(records: Sequence[dict]) -> list[str]:
+    """One key per record, equal for records whose messages are equal (they would back identical pairs)."""
+    return [json.dumps(r.get("messages") if isinstance(r, dict) else r, ensure_ascii=False, sort_keys=True,
+                       default=str) for r in records]
+
+
+def pair_capacity(distinct_records: int) -> int:
+    """The most pairs `distinct_records` records back at the type shares: one pair per record and rejection type.
+
+    Reusing a record for a type it already backs can give the same pair again (several corruptions are
+    deterministic), so the largest type's quota must fit in the records."""
+    count = int(distinct_records / max(REJECTION_SHARES.values())) + len(REJECTION_SHARES)
+    while count > 0 and max(allocate(count, REJECTION_SHARES).values()) > distinct_records:
+        count -= 1
+    return count
+
+
+def check_count(records: Sequence[dict], count: int, *, param: str = "count", source: str = "<records>") -> None:
+    """ParamsError naming `param` when `records` cannot back `count` distinct pairs (see `pair_capacity`)."""
+    _check_capacity(len(set(_record_keys(records))), count, param, source)
+
+
+def _check_capacity(distinct: int, count: int, param: str, source: str) -> None:
+    capacity = pair_capacity(distinct)
+    if count > capacity:
+        quotas = allocate(count, REJECTION_SHARES)
+        largest = max(quotas, key=quotas.get)
+        raise ParamsError(
+            f"{param}={count}: {source} holds {distinct} distinct SFT records, which yield at most {capacity} "
+            f"distinct pairs at the rejection-type shares (one pair per record and type; {largest} alone would need "
+            f"{quotas[largest]} records). More would repeat pairs: lower {param} to {capacity} or less, or give it "
+            f"more records.")
+
+
+def _one_pair_per_record_and_type(order: list[int], types: list[str], keys: list[str],
+                                  spare: list[int]) -> None:
+    """Rearrange `order` and `types` (in place) so no record backs two pairs of one rejection type, keeping the
+    type counts; `spare`: every record index, in the order to take one from when no swap is left.
+
+    A no-op while no record is used twice, so counts up to the record count keep their pairs exactly."""
+    used: dict[str, set[str]] = collections.defaultdict(set)
+    for k in range(len(order)):
+        taken = used[keys[order[k]]]
+        if types[k] in taken:
+            # Swap in the type of a later pair that this record has not backed yet.
+            j = next((j for j in range(k + 1, len(order)) if types[j] not in taken), None)
+            if j is not None:
+                types[k], types[j] = types[j], types[k]
+            else:  # the last pairs: another record that lacks this type (one exists: check_count)
+                order[k] = next(i for i in spare if types[k] not in used[keys[i]])
+        used[keys[order[k]]].add(types[k])
+
+
 def make_pairs(records: Sequence[dict], count: int, *, seed: int, progress: bool = False,
-               source: str = "<records>") -> list[dict[str, Any]]:
-    """`count` preference pairs from SFT `records` (sampled without replacement while they last)."""
+               source: str = "<records>", param: str = "count") -> list[dict[str, Any]]:
+    """`count` distinct preference pairs from SFT `records` (sampled without replacement while they last, then
+    one pair per record and rejection type). ParamsError naming `param` when the records cannot back `count`."""
     if not records:
         raise DataValidationError(f"{source}: no SFT records to build pairs from")
+    keys = _record_keys(records)
+    _check_capacity(len(set(keys)), count, param, source)
     gen = np.random.default_rng([seed, 3])
     types = [t for t, n in allocate(count, REJECTION_SHARES).items() for _ in range(n)]
     types = [types[i] for i in gen.permutation(count)]
@@ -367,6 +425,9 @@ def make_pairs(records: Sequence[dict], count: int, *, seed: int, progress: bool
     order: list[int] = []
     while len(order) < count:
         order += gen.permutation(len(records)).tolist()
+    spare = order[:len(records)]
+    order = order[:count]
+    _one_pair_per_record_and_type(order, types, keys, spare)
     rng = Draws(gen)
     pairs = []
     for k in tqdm(range(count), desc="dpo pairs", disable=not progress, unit="pair"):
@@ -471,13 +532,14 @@ def collect_model_rejects(backend: "Backend", records: Sequence[dict], target: i
 
 
 def combine(model_pairs: Sequence[dict], records: Sequence[dict], count: int, *, seed: int,
-            progress: bool = False, source: str = "<records>") -> list[dict[str, Any]]:
+            progress: bool = False, source: str = "<records>", param: str = "count") -> list[dict[str, Any]]:
     """`count` pairs: the model-reject pairs plus synthetic pairs for the rest, in a seeded shuffled order.
     Without model pairs this is exactly `make_pairs`."""
     if not model_pairs:
-        return make_pairs(records, count, seed=seed, progress=progress, source=source)
+        return make_pairs(records, count, seed=seed, progress=progress, source=source, param=param)
     if len(model_pairs) > count:
         raise ValueError(f"{len(model_pairs)} model pairs for {count} pairs")
-    synthetic = make_pairs(records, count - len(model_pairs), seed=seed, progress=progress, source=source)
+    synthetic = make_pairs(records, count - len(model_pairs), seed=seed, progress=progress, source=source,
+                           param=param)
     merged = list(model_pairs) + synthetic
     return [merged[i] for i in np.random.default_rng([seed, 5]).permutation(len(merged))]

@@ -15,11 +15,17 @@ pykrx or from FinanceDataReader. Each file is read on its own and normalised:
   broker APIs), the integer 5930 or the text "5930" (zero-padded) all become "005930".
 - Trading halts in the KRX convention (pykrx: "거래정지 종목은 종가만 존재하며 나머지는 0"): open = high = low = 0
   and volume 0 -> open = high = low = close, the contract's form.
-- A row with a missing close (null or NaN) is dropped, as the seed system drops it.
+- A row with a missing close (null or NaN) is dropped, as the seed system drops it. An infinite number in any
+  price or count column is an error, not a missing value.
 - KRW amounts (value, market_cap) given as floats are rounded to whole won; volume and shares must be whole.
+  These four columns are int64: a number beyond it (given, or derived as close x volume) is an error.
+- Market caps (given or derived) must be positive: they weight the market return.
+- A month's rows may be spread over several files (or over folders `month=2` and `month=02`), but a
+  (date, ticker) key must appear in one of them only.
 
 The result is validated like any contract tree (`market.check_rows`); everything else is a DataValidationError
-naming file and column. `IngestReport` counts what was normalised, per reason (metrics/market_ingest.json).
+naming file and column (the user's column name where the check knows it). `IngestReport` counts what was
+normalised, per reason (metrics/market_ingest.json).
 
 Column names were checked against the libraries' source (the `fetch` tool, 2026-12-01):
 - pykrx (github sharebook-kr/pykrx, pykrx/website/krx/market/wrap.py): get_market_ohlcv_by_date -> index 날짜,
@@ -41,6 +47,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ..errors import DataValidationError
 from . import market
@@ -69,6 +76,7 @@ _LOOKUP = {n.casefold(): col for col in market.COLUMNS for n in (col, *ALIASES.g
 _TICKER_RE = re.compile(r"^(?:(?P<prefix>A)(?P<a>\d{6})|(?P<b>\d{6})(?P<suffix>(?:\s+|\.)[A-Za-z][A-Za-z ]*)?"
                         r"|(?P<short>\d{1,5}))$")
 _NAMES = {s.code: s.name_ko for s in UNIVERSE}
+_INT64_BOUND = 2.0 ** 63  # the first float beyond int64 (every float below it converts exactly)
 
 
 @dataclass
@@ -189,6 +197,45 @@ def _dates(arr: pa.ChunkedArray, file: Path) -> pa.ChunkedArray:
     raise DataValidationError(f"{file}: column 'date' has type {arr.type}, expected a date or timestamp")
 
 
+def _column(names: dict[str, str], col: str) -> str:
+    """The user's column as errors name it: 'column '종가' (close)', or 'column 'close''."""
+    return f"column {names[col]!r}" + ("" if names[col] == col else f" ({col})")
+
+
+def _first_at(raw: pa.Table, mask: np.ndarray, values: np.ndarray | None = None) -> str:
+    """Count and first offending row of `raw` (the user's rows), with its local date and the ticker as given."""
+    i = int(np.flatnonzero(mask)[0])
+    date = raw["date"].slice(i, 1)
+    if pa.types.is_timestamp(date.type):
+        date = pc.cast(date, pa.date32())  # a zoned timestamp: its local date, as the contract has it
+    value = "" if values is None else f", value {values[i].item()}"
+    return (f"{int(mask.sum())} row(s), first at date={date[0].as_py()} "
+            f"ticker={raw['ticker'][i].as_py()!r}{value}")
+
+
+def _finite(values: np.ndarray, raw: pa.Table, col: str, names: dict[str, str], file: Path) -> np.ndarray:
+    """`values` unless a number is infinite: no price or count is, and treating one as missing hides a bad file."""
+    bad = np.isinf(values)
+    if bad.any():
+        hint = " (a missing close is empty, null or NaN)" if col == "close" else ""
+        raise DataValidationError(
+            f"{file}: {_column(names, col)} has infinite values{hint}: {_first_at(raw, bad, values)}")
+    return values
+
+
+def _fits_int64(values: np.ndarray, raw: pa.Table, what: str, file: Path) -> np.ndarray:
+    """`values` unless one is beyond int64, which a cast would wrap to another number (NaN stays missing)."""
+    if values.dtype == np.uint64:  # compared as integers: 2**63 - 1 as a float is already 2**63
+        bad = values > np.uint64(2**63 - 1)
+    else:
+        with np.errstate(invalid="ignore"):
+            bad = np.abs(values) >= _INT64_BOUND
+    if bad.any():
+        raise DataValidationError(f"{file}: {what} has numbers beyond what int64 holds (about 9.2e18): "
+                                  f"{_first_at(raw, bad, values)}")
+    return values
+
+
 def _numbers(table: pa.Table, col: str, file: Path) -> np.ndarray:
     arr = table[col]
     if pa.types.is_dictionary(arr.type):
@@ -199,20 +246,41 @@ def _numbers(table: pa.Table, col: str, file: Path) -> np.ndarray:
     return pc.cast(arr, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
 
 
-def _whole_krw(x: np.ndarray) -> pa.Array:
+def _whole_krw(x: np.ndarray, raw: pa.Table, what: str, file: Path) -> pa.Array:
     """Float KRW amounts rounded to whole won, NaN as null (the contract's int64)."""
-    nan = ~np.isfinite(x)
-    return pa.array(np.round(np.where(nan, 0.0, x)).astype(np.int64), mask=nan if nan.any() else None)
+    x = _fits_int64(np.round(x), raw, what, file)
+    nan = np.isnan(x)
+    return pa.array(np.where(nan, 0.0, x).astype(np.int64), mask=nan if nan.any() else None)
 
 
-def _amount(table: pa.Table, col: str, file: Path) -> pa.Array:
+def _amount(table: pa.Table, col: str, names: dict[str, str], file: Path) -> pa.Array:
     """A KRW amount column as int64: integers as they are (exact beyond 2**53), floats rounded to whole won."""
     arr = table[col].combine_chunks()
     if pa.types.is_dictionary(arr.type):
         arr = arr.cast(arr.type.value_type)
     if pa.types.is_integer(arr.type):
+        if pa.types.is_uint64(arr.type):  # the only integer type with values int64 cannot hold
+            _fits_int64(arr.fill_null(0).to_numpy(zero_copy_only=False), table, _column(names, col), file)
         return arr.cast(pa.int64())
-    return _whole_krw(_numbers(table, col, file))
+    return _whole_krw(_finite(_numbers(table, col, file), table, col, names, file), table, _column(names, col), file)
+
+
+def _positive_caps(cap: pa.Array, close: np.ndarray, shares: np.ndarray | None, raw: pa.Table,
+                   names: dict[str, str], file: Path) -> None:
+    """Market caps weight the market return: one <= 0 would turn its month's market days into NaN downstream."""
+    values = cap.to_numpy(zero_copy_only=False)
+    with np.errstate(invalid="ignore"):
+        bad = values <= 0  # null: NaN here, a null error in check_rows
+    if "market_cap" in names:
+        if bad.any():
+            raise DataValidationError(f"{file}: {_column(names, 'market_cap')} has non-positive market caps: "
+                                      f"{_first_at(raw, bad, values)}")
+        return
+    bad &= close > 0  # derived from close x shares: a close <= 0 is check_rows' error about close
+    if bad.any():
+        raise DataValidationError(
+            f"{file}: {_column(names, 'shares')} has non-positive share counts, so market_cap = "
+            f"{names['close']!r} x {names['shares']!r} is not positive: {_first_at(raw, bad, shares)}")
 
 
 def normalise_file(file: Path, year: int, month: int) -> tuple[pa.Table, IngestReport]:
@@ -224,16 +292,17 @@ def normalise_file(file: Path, year: int, month: int) -> tuple[pa.Table, IngestR
     raw = raw.rename_columns([next(c for c, n in names.items() if n == s) for s in raw.column_names])
     report.rows_read = raw.num_rows
 
-    close = _numbers(raw, "close", file)
-    keep = np.isfinite(close)
+    close = _finite(_numbers(raw, "close", file), raw, "close", names, file)
+    keep = ~np.isnan(close)  # null or NaN: a missing close
     if not keep.all():
         report.dropped_missing_close = int((~keep).sum())
         raw, close = raw.filter(pa.array(keep)), close[keep]
     n = raw.num_rows
     cols: dict[str, Any] = {"date": _dates(raw["date"], file),
                             "ticker": normalise_tickers(raw["ticker"], file, report), "close": close}
-    ohl = {c: _numbers(raw, c, file) for c in ("open", "high", "low")}
-    volume = _numbers(raw, "volume", file)
+    ohl = {c: _finite(_numbers(raw, c, file), raw, c, names, file) for c in ("open", "high", "low")}
+    volume = _fits_int64(_finite(_numbers(raw, "volume", file), raw, "volume", names, file), raw,
+                         _column(names, "volume"), file)
     halted = (ohl["open"] == 0) & (ohl["high"] == 0) & (ohl["low"] == 0) & (volume == 0)
     if halted.any():
         report.halts_fixed = int(halted.sum())
@@ -249,19 +318,26 @@ def normalise_file(file: Path, year: int, month: int) -> tuple[pa.Table, IngestR
         report.derived["name"] = n - cols["name"].null_count
         report.left_null["name"] = cols["name"].null_count
     if "value" in raw.column_names:
-        cols["value"] = _amount(raw, "value", file)
+        cols["value"] = _amount(raw, "value", names, file)
     else:
-        cols["value"] = _whole_krw(close * volume)
+        cols["value"] = _whole_krw(close * volume, raw, f"'value' = {names['close']!r} x {names['volume']!r}", file)
         report.derived["value"] = n
-    shares = _numbers(raw, "shares", file) if "shares" in raw.column_names else None
+    shares = None
+    if "shares" in raw.column_names:
+        shares = _fits_int64(_finite(_numbers(raw, "shares", file), raw, "shares", names, file), raw,
+                             _column(names, "shares"), file)
     if "market_cap" in raw.column_names:
-        cols["market_cap"] = _amount(raw, "market_cap", file)
+        cols["market_cap"] = _amount(raw, "market_cap", names, file)
     else:
-        cols["market_cap"] = _whole_krw(close * shares)
+        cols["market_cap"] = _whole_krw(close * shares, raw,
+                                        f"'market_cap' = {names['close']!r} x {names['shares']!r}", file)
         report.derived["market_cap"] = n
+    _positive_caps(cols["market_cap"], close, shares, raw, names, file)
     if shares is None:
         with np.errstate(invalid="ignore", divide="ignore"):
             shares = np.round(cols["market_cap"].to_numpy(zero_copy_only=False).astype(float) / close)
+        shares = _fits_int64(np.where(np.isinf(shares), np.nan, shares), raw,
+                             f"'shares' = {names['market_cap']!r} / {names['close']!r}", file)
         report.derived["shares"] = int(np.isfinite(shares).sum())
         report.left_null["shares"] = n - report.derived["shares"]
     cols["shares"] = pa.array(shares, mask=~np.isfinite(shares))
@@ -277,6 +353,42 @@ def normalise_file(file: Path, year: int, month: int) -> tuple[pa.Table, IngestR
     return table, report
 
 
+def _key_columns(file: Path) -> str:
+    """The user's names of a file's key columns, for an error message (the file was read fine before)."""
+    names = map_columns(pq.read_schema(file).names, file, IngestReport())
+    return f"{names['date']!r}/{names['ticker']!r}"
+
+
+def check_duplicates(files: list[tuple[market.Partition, Path]], tables: list[pa.Table]) -> None:
+    """No (date, ticker) key in two files of one month (check_rows saw each file alone).
+
+    A month's files are all its folder's, or both folders' where `month=2` and `month=02` name the same month;
+    rows outside a file's own month are already an error, so only files of one month are compared.
+    """
+    months: dict[tuple[int, int], list[int]] = {}
+    for i, (part, _) in enumerate(files):
+        months.setdefault((part.year, part.month), []).append(i)
+    for (year, month), idx in months.items():
+        if len(idx) < 2:
+            continue
+        keys = [market.day_numbers(tables[i]).astype(np.int64) * 1_000_000 + market.ticker_numbers(tables[i])
+                for i in idx]
+        key, owner = np.concatenate(keys), np.repeat(idx, [len(k) for k in keys])
+        order = np.argsort(key, kind="stable")
+        dup = key[order[1:]] == key[order[:-1]]
+        if not dup.any():
+            continue
+        j = int(np.flatnonzero(dup)[0])
+        (_, a), (_, b) = files[owner[order[j]]], files[owner[order[j + 1]]]
+        day, code = divmod(int(key[order[j]]), 1_000_000)
+        same = f"; folders {a.parent.name} and {b.parent.name} name the same month" if a.parent != b.parent else ""
+        key_a, key_b = _key_columns(a), _key_columns(b)
+        raise DataValidationError(
+            f"{a} and {b}: both hold date={np.datetime64(day, 'D')} ticker={code:06d} (key columns {key_a}"
+            f"{'' if key_a == key_b else ' and ' + key_b}): {int(dup.sum())} duplicate (date, ticker) row(s) "
+            f"across the files of {year}-{month:02d}{same}; keep each row in one file")
+
+
 def load_tree(root: str | Path, start: dt.date, end: dt.date, progress: bool = False
               ) -> tuple[pa.Table, IngestReport]:
     """The user's tree for [start, end], normalised and validated, sorted by (date, ticker), with its report."""
@@ -286,6 +398,7 @@ def load_tree(root: str | Path, start: dt.date, end: dt.date, progress: bool = F
     results = market.read_files(files, normalise_file, progress, desc="ingest KRX tree")
     report = IngestReport(ignored_files=len(listing.ignored))
     rows_per_month: dict[tuple[int, int], int] = {(p.year, p.month): 0 for p in listing.within(start, end)}
+    check_duplicates(files, [t for t, _ in results])
     for (part, _), (table, file_report) in zip(files, results):
         report.add(file_report)
         rows_per_month[(part.year, part.month)] += table.num_rows

@@ -17,7 +17,9 @@ Input: JSONL, one decision per line (data/logs/README.md; data/logs/example.json
 
 A line is validated field by field, and `decision` with `kospi_ft.schema` (the schema the generator and the
 evaluator use); a bad line is a DataValidationError naming file, line and field, or, with `skip_invalid`, skipped
-and counted. Strategy-rule violations and quality issues of valid decisions are counted, not rejected: the
+and counted. So is a line that is not UTF-8 JSON (`kospi_ft.jsonl`: a bad byte, nesting or an integer too long to
+parse) and, given `max_seq_length` (Stage 2's), a line whose record is longer than that many tokens: training would
+cut its answer off. Strategy-rule violations and quality issues of valid decisions are counted, not rejected: the
 decisions are yours.
 
 Rendering is the synthetic generator's (`synthetic.user_turn`, `synthetic.chat_record`): the quant system prompt;
@@ -38,7 +40,9 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import logging
+import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Sequence
@@ -147,6 +151,29 @@ def _fail(message: str, skip: bool, report: LogReport) -> None:
         log.warning("skipped %s", message)
 
 
+# The longest token of the Qwen2/Qwen2.5 vocabulary (128 spaces; tests check it against the embedded tokenizer).
+MAX_TOKEN_BYTES = 128
+
+
+def too_long(messages: list[dict[str, str]], max_seq_length: int, tokenizer) -> str | None:
+    """Why a chat row cannot fit `max_seq_length` tokens (counted as SFT counts them: the chat template), or None.
+
+    `tokenizer` is called only for rows a byte count cannot settle: a 50 MB line is rejected without tokenizing it.
+    """
+    # The tokenizer normalizes to NFC and then cuts the UTF-8 bytes into tokens of at most MAX_TOKEN_BYTES each, so
+    # a row holds at least (NFC bytes of its turns) / MAX_TOKEN_BYTES tokens.
+    size = sum(len(unicodedata.normalize("NFC", m["content"]).encode("utf-8")) for m in messages)
+    if size > MAX_TOKEN_BYTES * max_seq_length:
+        return (f"the record is at least {math.ceil(size / MAX_TOKEN_BYTES):,} tokens ({size:,} bytes of text), "
+                f"over stage2.max_seq_length ({max_seq_length:,})")
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if tokens > max_seq_length:
+        return (f"the record is {tokens:,} tokens, over stage2.max_seq_length ({max_seq_length:,}): training would "
+                f"cut its answer off")
+    return None
+
+
 def _field_errors(err: ValidationError) -> str:
     e = err.errors(include_url=False)[0]
     loc = ".".join(str(p) for p in e["loc"]) or "line"
@@ -187,8 +214,13 @@ def to_record(entry: LogEntry, line: int, store: MarketSnapshotStore | None, see
 
 
 def read_logs(path: str | Path, store: MarketSnapshotStore | None = None, *, skip_invalid: bool = False,
-              seed: int = 42) -> tuple[list[dict[str, Any]], LogReport]:
-    """Validate and convert every line of a logs file; records in file order."""
+              seed: int = 42, max_seq_length: int | None = None, tokenizer=None
+              ) -> tuple[list[dict[str, Any]], LogReport]:
+    """Validate and convert every line of a logs file; records in file order.
+
+    `max_seq_length` (Stage 2's; None: no limit) rejects longer records, counted in tokens of `tokenizer` (None: the
+    embedded Qwen tokenizer, whose counts equal every Qwen2.5 model's; loaded on first need).
+    """
     path = Path(path)
     report = LogReport()
     rows = read_jsonl(path, what="reasoning logs", hint="stage2_data.logs names it; format: kospi_ft/data/"
@@ -211,8 +243,10 @@ def read_logs(path: str | Path, store: MarketSnapshotStore | None = None, *, ski
             more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
             _fail(f"{where}: decision.{problems[0]}{more}", skip_invalid, report)
             continue
+        # to_record counts snapshot mismatches; they are added to `report` only for a record that is kept.
+        counts = LogReport()
         try:
-            record = to_record(entry, n, store, seed, report)
+            record = to_record(entry, n, store, seed, counts)
         except KeyError as err:
             _fail(f"{where}: snapshot_date: {err.args[0]} (the snapshots hold {store.dates[0]}..{store.dates[-1]})",
                   skip_invalid, report)
@@ -220,6 +254,17 @@ def read_logs(path: str | Path, store: MarketSnapshotStore | None = None, *, ski
         except PipelineError as err:
             _fail(f"{where}: snapshot_date: {err}", skip_invalid, report)
             continue
+        if max_seq_length is not None:
+            if tokenizer is None:
+                from ..tokenizer import load_tokenizer
+
+                tokenizer = load_tokenizer()
+            reason = too_long(record["messages"], max_seq_length, tokenizer)
+            if reason:
+                _fail(f"{where}: {reason}", skip_invalid, report)
+                continue
+        report.tickers_not_in_snapshot += counts.tickers_not_in_snapshot
+        report.regime_differs_from_snapshot += counts.regime_differs_from_snapshot
         answer = validate_response(entry.task, entry.decision)
         violations, issues = rule_violations(entry.task, answer), quality_issues(entry.task, answer)
         report.rule_violations += bool(violations)

@@ -75,6 +75,11 @@ def _step(path: Path) -> int:
     return int(path.name[len(PREFIX):])
 
 
+def step_of(checkpoint: str | os.PathLike) -> int:
+    """The optimizer step a `checkpoint-<step>` dir was saved at."""
+    return _step(Path(checkpoint))
+
+
 def checkpoints(checkpoint_dir: Path) -> list[Path]:
     """The Trainer's checkpoint dirs, newest (highest step) first."""
     found = [p for p in Path(checkpoint_dir).glob(f"{PREFIX}*") if p.is_dir() and p.name[len(PREFIX):].isdigit()]

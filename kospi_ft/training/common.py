@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .. import atomic
 from ..errors import DataValidationError
@@ -45,6 +45,14 @@ class TrainParams(Section):
     # Stop after this many evaluations without a lower eval_loss, and keep the best checkpoint as the stage's
     # output (transformers' EarlyStoppingCallback + load_best_model_at_end). null = off: train every step.
     early_stopping_patience: int | None = Field(None, gt=0)
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_epochs(cls, value: int) -> int:
+        # transformers reads any max_steps <= 0 as "epochs decide": 0 or -5 would quietly train whole epochs.
+        if value != -1 and value < 1:
+            raise ValueError("must be a positive step count, or -1 to train whole epochs")
+        return value
 
     @model_validator(mode="after")
     def _best_checkpoint_is_saved(self):
@@ -314,6 +322,29 @@ def finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def run_train_loss(trainer, result, resume_from: str | None) -> float:
+    """The mean training loss per optimizer step over the whole run, a resumed one included.
+
+    transformers' `training_loss` is the loss summed over the steps this session trained, divided by every step
+    (global_step): after a resume the checkpoint's steps count in the divisor but not in the sum. Their losses are
+    in the checkpoint's log history, which the resumed state carries."""
+    steps = trainer.state.global_step
+    if resume_from is None or steps == 0:
+        return result.training_loss
+    start = checkpoints.step_of(resume_from)
+    session_sum = result.training_loss * steps  # undo the division; includes steps after the last log
+    before_sum, before_steps, last = 0.0, 0, 0
+    for entry in trainer.state.log_history:
+        step = entry.get("step", 0)
+        if "loss" in entry and last < step <= start:
+            # A log entry is the mean over the steps since the previous one (logging_steps).
+            before_sum += entry["loss"] * (step - last)
+            before_steps, last = before_steps + step - last, step
+    # Steps between the checkpoint's last log and the checkpoint itself (logging_steps > 1) left no loss behind:
+    # the mean is over the steps whose loss is known.
+    return (before_sum + session_sum) / max(before_steps + steps - start, 1)
+
+
 def run_summary(trainer, result, seconds: float, info: "RunInfo", resume_from: str | None) -> dict:
     """What every training stage reports: steps, losses, throughput, wall time and peak memory."""
     history = [h for h in trainer.state.log_history if "loss" in h]
@@ -326,7 +357,7 @@ def run_summary(trainer, result, seconds: float, info: "RunInfo", resume_from: s
         "resumed_from": None if resume_from is None else Path(resume_from).name,
         "first_loss": finite(first_log(trainer).get("loss")),
         "final_loss": finite(history[-1]["loss"]) if history else None,
-        "train_loss": finite(result.training_loss),
+        "train_loss": finite(run_train_loss(trainer, result, resume_from)),
         "train_seconds": round(seconds, 3),
         "tokens_seen": tokens,  # over every DDP process
         "tokens_per_second": round(tokens / max(seconds, 1e-9), 2),

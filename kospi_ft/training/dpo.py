@@ -21,6 +21,7 @@ from pydantic import Field
 
 from ..errors import DataValidationError, PipelineError
 from ..jsonl import read_jsonl
+from ..tokenizer import load_tokenizer
 from . import backends, checkpoints
 from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, final_eval, finite, first_log,
                      held_out_slice, restore_trained_adapter, run_summary, trainer_arguments,
@@ -50,6 +51,30 @@ def load_pairs(path: Path) -> list[dict]:
             raise DataValidationError(f"{where}: chosen and rejected are identical")
         out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     return out
+
+
+def prompt_lengths(tokenizer, pairs: list[dict]) -> list[int]:
+    """Tokens of each pair's prompt as TRL's DPOTrainer counts them: the chat template with the assistant header."""
+    texts = [tokenizer.apply_chat_template(p["prompt"], tokenize=False, add_generation_prompt=True) for p in pairs]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def check_prompts_fit(splits: list[tuple[Path, list[dict]]], tokenizer, max_seq_length: int) -> None:
+    """Refuse a split none of whose answers starts within max_seq_length, as Stage 2 does; warn of dropped pairs.
+
+    TRL (1.16) drops every pair whose prompt alone fills max_length; with none left its Trainer fails deep inside
+    with `num_samples=0`. Run before checkpoints or outputs are touched."""
+    for path, pairs in splits:
+        lengths = prompt_lengths(tokenizer, pairs)
+        dropped = sum(n >= max_seq_length for n in lengths)
+        if lengths and dropped == len(lengths):
+            raise DataValidationError(
+                f"{path}: no assistant token is left within max_seq_length={max_seq_length} (every prompt is "
+                f"{min(lengths)} tokens or longer); TRL would drop all {len(lengths)} pairs. Raise max_seq_length.")
+        if dropped:
+            log.warning("%s: %d of %d pairs have a prompt of max_seq_length=%d tokens or more (the longest %d); TRL "
+                        "drops them. Raise max_seq_length to keep them.", path, dropped, len(lengths),
+                        max_seq_length, max(lengths))
 
 
 def build_dpo_trainer(params: DPOParams, *, model_name: str, backend: str, load_in_4bit: bool, data: list[dict],
@@ -97,7 +122,8 @@ def train_dpo(params: DPOParams, *, model_name: str, backend: str, load_in_4bit:
     and curves. Returns the metrics.
 
     Raises DPOReferenceError, writing no adapter, unless the run starts from the Stage 2 policy as its reference
-    (TRL's frozen `ref` copy, step-0 loss ln 2, margins 0)."""
+    (TRL's frozen `ref` copy, step-0 loss ln 2, margins 0); DataValidationError, touching no checkpoint or output,
+    when no prompt of a split leaves room for its answer within max_seq_length."""
     data = load_pairs(data_path)
     eval_data = held_out_slice(load_pairs(eval_path) if eval_path is not None else None, params)
     resolved = {
@@ -107,6 +133,8 @@ def train_dpo(params: DPOParams, *, model_name: str, backend: str, load_in_4bit:
         "eval_data": None if eval_path is None else str(eval_path), "eval_records": len(eval_data or ()),
         "params": params.model_dump(mode="json"),
     }
+    splits = [(data_path, data)] + ([] if eval_path is None else [(eval_path, eval_data)])
+    check_prompts_fit(splits, load_tokenizer(model_name, revision), params.max_seq_length)
     resume_from = checkpoints.prepare_on_all_ranks(paths.checkpoint_dir, checkpoints.run_config(
         stage="stage3", backend=backend, base_model=model_name, revision=revision, load_in_4bit=load_in_4bit,
         params=params.model_dump(mode="json"),
