@@ -71,6 +71,21 @@ def test_fresh_clone_runs_every_stage_then_nothing(work):
     assert "up to date" in status.stdout
 
 
+def test_an_edit_in_place_of_an_out_never_reaches_the_cache(work):
+    """An out edited in place (here appended to, as `echo ... >> file` does; root ignores the read-only mode) shows
+    as modified, and `dvc checkout -f` brings back the bytes the run wrote: the cache object was not touched."""
+    clone = work["clone"]
+    out = clone / "data" / "synthetic" / "eval.jsonl"
+    original = out.read_bytes()
+    out.chmod(0o644)
+    with out.open("ab") as f:
+        f.write(b'{"x": 1}\n')
+    assert "modified" in dvc(clone, "status").stdout
+    dvc(clone, "checkout", "-f")
+    assert out.read_bytes() == original
+    assert "up to date" in dvc(clone, "status").stdout
+
+
 def test_metrics_show_puts_models_side_by_side(work):
     shown = json.loads(dvc(work["clone"], "metrics", "show", "--json").stdout)
     files = shown[""]["data"] if "" in shown else next(iter(shown.values()))["data"]
