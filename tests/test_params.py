@@ -137,11 +137,7 @@ def test_a_set_value_is_the_value_that_runs_under_either_preset(tmp_path):
 
 def test_dvc_stages_track_only_section_keys():
     stages = YAML(typ="safe").load(open("dvc.yaml", encoding="utf-8"))["stages"]
-    # The `params` stage alone tracks the whole file (it validates it, and nothing after it reruns for that).
-    assert stages["params"]["params"] == [{"params.yaml": None}]
     for name, stage in stages.items():
-        if name == "params":
-            continue
         body = stage.get("do", stage)
         for key in body.get("params", []):
             assert not re.match(r"(real|presets)\b", key) and key != "preset", (name, key)
@@ -191,34 +187,3 @@ def test_preset_command_writes_and_checks(tmp_path):
     assert "dpo.lr: 1e-06 (preset real: 5e-06)" in out
     r = subprocess.run([*run, "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "real" in r.stdout
-
-
-def test_the_params_stage_validates_every_key_and_writes_the_same_bytes(tmp_path, project_root, monkeypatch):
-    """stages.params_check: a valid file (either preset) gives the same out, so nothing after it reruns; an unknown
-    section, a bad value in any section and a preset switch by hand are errors naming the key."""
-    import shutil
-
-    from kospi_ft import presets
-    from kospi_ft.errors import ParamsError
-    from stages import params_check
-
-    monkeypatch.chdir(tmp_path)
-    shutil.copy(project_root / "params.yaml", "params.yaml")
-    params_check.main([])
-    out = params.load_paths("params.yaml").params_check
-    first = out.read_bytes()
-    presets.write(tmp_path / "params.yaml", "real")
-    params_check.main([])
-    assert out.read_bytes() == first
-    for key, value, message in [("stages2", None, "stages2: no such section"),
-                                ("stage2.lr", 0, "stage2.lr"),
-                                ("preset", "embedded", "preset: embedded, but model.name")]:
-        shutil.copy("params.yaml", "good.yaml")
-        if value is None:  # a section no stage knows (a typo of a section name)
-            with open("params.yaml", "a", encoding="utf-8") as f:
-                f.write(f"{key}:\n  lr: 1\n")
-        else:
-            params.update("params.yaml", key, value)
-        with pytest.raises(ParamsError, match=message):
-            params_check.main([])
-        shutil.copy("good.yaml", "params.yaml")
