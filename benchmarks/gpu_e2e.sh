@@ -14,12 +14,13 @@
 #                                       # load-diagnosis cases (gpu_e2e.py llama-diag), evaluate@base and the
 #                                       # GPU / CPU / hf comparison on that GGUF
 #   bash benchmarks/gpu_e2e.sh bench    # Stage 2 / Stage 1 layouts vs the raw unsloth loop; gpu_verify.sh smoke
+#   LAYOUT_PART=1|2 bash benchmarks/gpu_e2e.sh layout  # train.layout auto vs the recipe, uncapped, 24 and 16 GiB
 # Wheels, where pip works: `bash benchmarks/gpu_wheels.sh train` for train and bench, `bash benchmarks/gpu_wheels.sh
 # eval` for export, evaluate and diag; carry [".whl"] (bench, after train on the same machine, runs on either set). Each set holds the llama-cpp-python sdist (.whl/sdist/).
 # Results: $OUT/h200-7b-real-e2e.jsonl (one JSON line per stage, written as each step ends), $OUT/gpu.txt, and the
 # steps' logs (/tmp/e2e-logs) as $OUT/logs-<phase>.tgz at the end.
 set -uo pipefail
-PHASE=${1:?usage: bash benchmarks/gpu_e2e.sh train|export|evaluate|diag|bench}
+PHASE=${1:?usage: bash benchmarks/gpu_e2e.sh train|export|evaluate|diag|bench|layout}
 HERE=$(pwd)
 WORK=${WORK:-/tmp/e2e}
 RES=${OUT:-/tmp/e2e-out}
@@ -163,5 +164,35 @@ case $PHASE in
     (cd "$HERE" && OUT=$E2E_LOGS bash benchmarks/gpu_verify.sh smoke > "$E2E_LOGS/smoke.log" 2>&1
      grep -E '^\{' "$E2E_LOGS/bench-smoke.jsonl" > "$RES/bench-smoke.jsonl"; tail -4 "$E2E_LOGS/smoke.log")
     ;;
-  *) echo "usage: bash benchmarks/gpu_e2e.sh train|export|evaluate|diag|bench"; exit 2 ;;
+  layout)
+    # train.layout auto against today's recipe, each stage uncapped and capped to 24 / 16 GiB
+    # (train.memory_limit_gib): benchmarks/results/h200-7b-auto-layout.jsonl. Two calls: LAYOUT_PART=1 (Stage 1,
+    # the Stage 2 anchor), LAYOUT_PART=2 (Stage 2, DPO from the Stage 2 adapter part 2 saves first).
+    start_cuda_build  # for a later evaluate call on the same machine
+    make_base
+    if [ ! -f "$WORK/data/dpo/pairs.jsonl" ]; then
+      $E2E prepare "$WORK" --model /tmp/m7b && $E2E repro "$WORK" market snapshots synthesize stage2_data \
+        dpo_pairs --results "$RES/layout-data.jsonl" || exit 1
+    fi
+    A="python3 $HERE/.whl/anchor_bench.py train --backend unsloth --model /tmp/m7b --gc unsloth --bs 2 --steps 6"
+    AUTO="python3 $HERE/benchmarks/gpu_train_bench.py auto --backend unsloth --model /tmp/m7b --steps 5"
+    L=$RES/auto-layout-runs.jsonl
+    step() { echo "== $*" >&2; "$@" 2>&1 | tee -a "$E2E_LOGS/layout.full" | grep -E '^\{"(backend|bench)' | tee -a "$L"; }
+    S2="--stage stage2 --data $WORK/data/stage2/train.jsonl --records 160"
+    DP="--stage dpo --data $WORK/data/dpo/pairs.jsonl --records 120 --adapter /tmp/layout-s2"
+    if [ "${LAYOUT_PART:-1}" = 1 ]; then
+      step $A --seq 2048
+      step $AUTO --stage stage1 --records 900 --layout recipe
+      for cap in "" 24 16; do step $AUTO --stage stage1 --records 900 ${cap:+--cap $cap}; done
+      step $A --seq 4096
+    else
+      step $AUTO $S2 --adapter-out /tmp/layout-s2
+      for cap in 24 16; do step $AUTO $S2 --cap $cap; done
+      step $AUTO $DP --layout recipe
+      for cap in "" 24 16; do step $AUTO $DP ${cap:+--cap $cap}; done
+    fi
+    cat "$RES"/auto-layout-runs*.jsonl > /tmp/auto-all.jsonl 2>/dev/null
+    python3 "$HERE/benchmarks/gpu_train_bench.py" auto-rows /tmp/auto-all.jsonl | tee "$RES/auto-layout-rows.jsonl"
+    ;;
+  *) echo "usage: bash benchmarks/gpu_e2e.sh train|export|evaluate|diag|bench|layout"; exit 2 ;;
 esac

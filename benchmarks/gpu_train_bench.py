@@ -10,6 +10,9 @@ SFTTrainer, packing, assistant-only loss, the project's backend setup) and print
   python benchmarks/gpu_train_bench.py packing --backend unsloth --model /tmp/m7b
   python benchmarks/gpu_train_bench.py dpo --backend unsloth --model /tmp/m7b --adapter /tmp/s2 --steps 3
   python benchmarks/gpu_train_bench.py ratio FILE.jsonl        # pipeline / anchor tokens/s and memory
+  python benchmarks/gpu_train_bench.py auto --stage stage2 --backend unsloth --model /tmp/m7b --cap 24 \
+      --data data/stage2/train.jsonl                            # train.layout auto under a 24 GiB cap
+  python benchmarks/gpu_train_bench.py auto-rows FILE.jsonl    # auto runs vs their anchors
 
 Conversations are generated with lengths spread so that best-fit packing has work to do; tokens/s counts the
 real (non-pad) tokens of each packed batch over the median steady-state step time, like the anchor.
@@ -242,6 +245,104 @@ def bench_sft(args) -> dict:
     return out
 
 
+def real_section(name: str, overrides: dict) -> dict:
+    """The real preset's `name` section (params.yaml), with `overrides`."""
+    import yaml  # PyYAML (a transformers dependency): the GPU image has no ruamel
+
+    from kospi_ft import presets
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text(encoding="utf-8"))
+    return {**presets.applied(raw, "real")[name], **overrides}
+
+
+def bench_auto(args) -> dict:
+    """One training stage of the real preset under train.layout (`--layout auto|recipe`) and a memory cap
+    (`--cap` GiB, train.memory_limit_gib): the layout it ran, tokens/s over the steady steps, peak memory, losses.
+    Stage 1 and 2 count the non-pad tokens of each step; DPO the prompt + chosen and prompt + rejected tokens of its
+    pairs."""
+    from kospi_ft.training import backends
+
+    backend = backends.prepare_backend(args.backend)
+    from kospi_ft.training.layouts import TrainSetup
+
+    setup = TrainSetup(layout=args.layout, memory_limit_gib=args.cap)
+    overrides = {"epochs": 1, "max_steps": args.steps, "save_steps": 10_000, "logging_steps": 1}
+    for flag, key in (("seq", "max_seq_length"), ("bs", "batch_size"), ("grad_accum", "grad_accum")):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    tmp = Path(tempfile.mkdtemp())
+    clock = step_clock()
+    reset_peak()
+    t0 = time.perf_counter()
+    if args.stage == "dpo":
+        from kospi_ft.training import dpo
+
+        section = real_section("dpo", overrides)
+        params = dpo.DPOParams.model_validate({k: v for k, v in section.items() if k in dpo.DPOParams.model_fields})
+        data = dpo.load_pairs(Path(args.data))[:args.records] if args.data else pairs(args.records, 1)
+        trainer = dpo.build_fitted(params, setup=setup, model_name=args.model, backend=backend, load_in_4bit=True,
+                                   data=data, stage2_adapter=Path(args.adapter), paths=run_paths(tmp, "dpo"),
+                                   callbacks=[clock])
+        from kospi_ft.training.layouts import dpo_lengths
+
+        per_pair = [2 * p + c + r for p, c, r in zip(*dpo_lengths(trainer.train_dataset))]
+    else:
+        from kospi_ft.training import sft
+
+        section = real_section(args.stage, overrides)
+        params = sft.SFTParams.model_validate({k: v for k, v in section.items() if k in sft.SFTParams.model_fields})
+        data = sft.load_conversations(Path(args.data))[:args.records] if args.data else conversations(args.records, 0)
+        trainer = sft.build_fitted(params, stage=args.stage, setup=setup, model_name=args.model, backend=backend,
+                                   load_in_4bit=True, data=data, init_adapter=None, paths=run_paths(tmp, "sft"),
+                                   callbacks=[clock])
+        per_pair = None
+    load_s = time.perf_counter() - t0
+    reset_peak()  # the training steps' peak, not the probe's
+    result = trainer.train()
+    layout = trainer.layout
+    rows = layout.micro_batch * layout.grad_accum
+    if per_pair is not None:  # DPO: the Trainer counts no input_ids; the pairs of each step, in sampler order
+        clock.tokens = [rows * statistics.mean(per_pair)] * len(clock.times)
+    warm = min(2, len(clock.times) - 1)
+    tok_s = sum(clock.tokens[warm:]) / sum(clock.times[warm:])
+    out = {"bench": "auto_layout", "stage": args.stage, "backend": backend, "memory_cap_gib": args.cap,
+           "layout_mode": args.layout, "layout": layout.as_dict(), "seq": params.max_seq_length,
+           "effective_batch": params.batch_size * params.grad_accum, "load_s": round(load_s, 1),
+           "tokens_per_s": round(tok_s), "step_s_median": round(statistics.median(clock.times[warm:]), 3),
+           "peak_gib": peak_gib("allocated"), "peak_reserved_gib": peak_gib("reserved"),
+           "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+           "train_loss": round(result.training_loss, 4), "step_times": [round(x, 3) for x in clock.times],
+           "gpu": device_name()}
+    if args.adapter_out:
+        from kospi_ft.training.common import save_adapter
+
+        save_adapter(trainer.model, trainer.processing_class, Path(args.adapter_out), {"bench": "auto"})
+    return out
+
+
+def auto_rows(args) -> None:
+    """benchmarks/results/h200-7b-auto-layout.jsonl rows from a file of `auto` runs and raw unsloth anchors: each
+    stage x cap against its anchor (Stage 1/2: the raw unsloth loop at micro-batch 2 with its checkpointing at the
+    stage's seq; DPO: the pipeline's own DPO under the recipe, uncapped)."""
+    rows = [json.loads(line) for line in open(args.file) if line.startswith("{")]
+    anchors = {r["seq"]: r for r in rows if "step_times" in r and r.get("bench") is None}
+    recipe = {r["stage"]: r for r in rows if r.get("bench") == "auto_layout" and r["layout_mode"] == "recipe"
+              and r["memory_cap_gib"] is None}
+    for r in rows:
+        if r.get("bench") != "auto_layout" or r["layout_mode"] != "auto":
+            continue
+        anchor = recipe.get("dpo") if r["stage"] == "dpo" else anchors.get(r["seq"])
+        if anchor is None:
+            continue
+        a = anchor["tokens_per_s"]
+        print(json.dumps({"stage": r["stage"], "memory_cap_gib": r["memory_cap_gib"], "layout": r["layout"],
+                          "tokens_per_s": r["tokens_per_s"], "anchor_tokens_per_s": a,
+                          "anchor": "pipeline dpo, recipe" if r["stage"] == "dpo" else "raw unsloth, bs 2, unsloth gc",
+                          "ratio": round(r["tokens_per_s"] / a, 3), "peak_gib": r["peak_gib"],
+                          "pipeline_recipe_tokens_per_s": (recipe.get(r["stage"]) or {}).get("tokens_per_s"),
+                          "gpu": r.get("gpu")}))
+
+
 def bench_packing(args) -> dict:
     """Do packed documents attend across their boundary? Logits of document B alone vs packed after document A."""
     from kospi_ft.training import backends
@@ -448,7 +549,23 @@ def parser() -> argparse.ArgumentParser:
                                       "generated conversations")
         p.add_argument("--no-token-count", action="store_true",
                        help="sft variant: turn off the Trainer's per-micro-batch token count (a device sync)")
+    auto = sub.add_parser("auto", help="a real-preset training stage under train.layout and a memory cap")
+    auto.add_argument("--stage", choices=("stage1", "stage2", "dpo"), required=True)
+    auto.add_argument("--backend", choices=("unsloth", "hf"), required=True)
+    auto.add_argument("--model", required=True)
+    auto.add_argument("--layout", choices=("auto", "recipe"), default="auto")
+    auto.add_argument("--cap", type=float, help="GiB the process may use (train.memory_limit_gib); default: the card")
+    auto.add_argument("--steps", type=int, default=6)
+    auto.add_argument("--records", type=int, default=200)
+    auto.add_argument("--data", help="the stage's JSONL (Stage 2: data/stage2/train.jsonl, DPO: data/dpo/pairs.jsonl)")
+    auto.add_argument("--adapter", help="dpo: the Stage 2 adapter it starts from")
+    auto.add_argument("--adapter-out")
+    auto.add_argument("--seq", type=int, help="default: the real preset's max_seq_length of the stage")
+    auto.add_argument("--bs", type=int, help="default: the real preset's batch_size of the stage")
+    auto.add_argument("--grad-accum", type=int, help="default: the real preset's grad_accum of the stage")
     sub.add_parser("attn", help="which attention kernels unsloth and torch's SDPA would use here")
+    rows = sub.add_parser("auto-rows", help="auto runs against their anchors: the h200-7b-auto-layout.jsonl rows")
+    rows.add_argument("file")
     r = sub.add_parser("ratio")
     r.add_argument("file")
     return ap
@@ -458,9 +575,11 @@ if __name__ == "__main__":
     a = parser().parse_args()
     if a.cmd == "ratio":
         ratio(a)
+    elif a.cmd == "auto-rows":
+        auto_rows(a)
     elif a.cmd == "attn":
         print(json.dumps(attention_info()), flush=True)
     else:
         modes = {"sft": bench_sft, "packing": bench_packing, "dpo": bench_dpo, "layout": bench_layout,
-                 "profile": bench_profile}
+                 "profile": bench_profile, "auto": bench_auto}
         print(json.dumps(modes[a.cmd](a)), flush=True)

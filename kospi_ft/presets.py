@@ -39,13 +39,13 @@ def section_models() -> dict[str, type[BaseModel]]:
     from .data.synthetic import SynthesizeParams
     from .evaluation.config import EvaluateParams
     from .export.config import ExportParams
-    from .training.distributed import LaunchParams
     from .training.dpo import DPOParams
+    from .training.layouts import TrainSetup
     from .training.sft import SFTParams, Stage2Params
 
     return {"paths": params.Paths, "market": MarketParams, "snapshots": SnapshotParams,
             "synthesize": SynthesizeParams, "stage2_data": Stage2DataParams, "dpo_pairs": DpoPairsParams,
-            "stage1_data": Stage1DataParams, "model": ModelParams, "train": LaunchParams, "stage1": SFTParams,
+            "stage1_data": Stage1DataParams, "model": ModelParams, "train": TrainSetup, "stage1": SFTParams,
             "stage2": Stage2Params, "dpo": DPOParams, "export": ExportParams, "evaluate": EvaluateParams}
 
 

@@ -16,7 +16,7 @@ from kospi_ft import params, presets
 from kospi_ft.base_model import ModelParams, resolve_base
 from kospi_ft.training import backends
 from stages._main import run
-from stages.sft import add_train_flags, launch, run_paths
+from stages.sft import add_train_flags, launch, run_paths, train_setup
 
 log = logging.getLogger("stages.dpo")
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics = train_dpo(cfg, model_name=base.name, revision=base.revision, backend=backend,
                         load_in_4bit=model.load_in_4bit, data_path=paths.dpo_pairs, eval_path=paths.eval_pairs,
                         stage2_adapter=paths.models_dir / "stage2", paths=run_paths(paths, "stage3"),
-                        restart=args.restart)
+                        restart=args.restart, setup=train_setup(raw, args))
     log.info("stage3 done: %s", metrics)
 
 

@@ -44,13 +44,20 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
 def launch(raw: dict, args: argparse.Namespace, model: ModelParams, module: str, argv: list[str] | None) -> None:
     """With train.num_processes > 1, start this stage again under torchrun (see kospi_ft.training.distributed)
     and exit with its status; a process the launcher started goes on."""
-    cfg = params.load("train", distributed.LaunchParams, raw=raw, overrides={"num_processes": args.num_processes})
+    cfg = train_setup(raw, args)
     if cfg.num_processes == 1 or distributed.launched():
         return
     # The guardrails and the device count first, in this one process, before N processes load a model.
     backends.resolve_backend(model.backend, allow_cpu=model.allow_cpu, strict=presets.is_real(raw))
     distributed.check_devices(cfg.num_processes, model.allow_cpu)
     distributed.relaunch(cfg.num_processes, module, sys.argv[1:] if argv is None else argv)
+
+
+def train_setup(raw: dict, args: argparse.Namespace):
+    """params.yaml `train` (processes, layout), with --num-processes."""
+    from kospi_ft.training.layouts import TrainSetup
+
+    return params.load("train", TrainSetup, raw=raw, overrides={"num_processes": args.num_processes})
 
 
 def run_paths(paths: params.Paths, stage: str) -> RunPaths:
@@ -98,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
                         load_in_4bit=model.load_in_4bit,
                         data_path=paths.stage1_data if args.stage == "stage1" else paths.stage2_data,
                         eval_path=paths.stage1_eval if args.stage == "stage1" else paths.eval_set,
-                        init_adapter=init_adapter, paths=run_paths(paths, args.stage), restart=args.restart)
+                        init_adapter=init_adapter, paths=run_paths(paths, args.stage), restart=args.restart,
+                        setup=train_setup(raw, args))
     log.info("%s done: %s", args.stage, metrics)
 
 

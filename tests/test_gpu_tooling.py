@@ -57,6 +57,23 @@ def test_gpu_train_bench_modes_run_on_the_cpu(tiny, tmp_path):
     assert all(layout[f"{k}_tokens_per_s"] > 0 for k in ("rows", "packed", "packed_masked", "rows_again"))
     [profile] = run(BENCH, "profile", *common, "--seq", 64, "--bs", 1, "--grad-accum", 1, "--records", 24)
     assert profile["events"] > 0
+    # auto: each stage under train.layout (the CPU runs the recipe), the layout recorded; auto-rows against anchors.
+    small = ["--seq", 256, "--bs", 1, "--grad-accum", 2, "--steps", 2]
+    [auto1] = run(BENCH, "auto", *common, "--stage", "stage1", "--records", 16, "--cap", 20, *small,
+                  "--adapter-out", tmp_path / "a2")
+    assert auto1["layout"]["micro_batch"] * auto1["layout"]["grad_accum"] == 2 and auto1["tokens_per_s"] > 0
+    [auto2] = run(BENCH, "auto", *common, "--stage", "stage2", "--data", data, "--records", 12, *small)
+    [auto3] = run(BENCH, "auto", *common, "--stage", "dpo", "--adapter", tmp_path / "a2", "--records", 8,
+                  "--layout", "recipe", "--seq", 1024, "--bs", 1, "--grad-accum", 2, "--steps", 2)
+    assert auto3["layout"]["chosen_by"] == "recipe" and auto3["tokens_per_s"] > 0 and len(auto3["losses"]) == 2
+    autos = tmp_path / "auto.jsonl"
+    anchor256 = {"backend": "unsloth", "seq": 256, "bs": 2, "tokens_per_s": auto1["tokens_per_s"] / 2,
+                 "step_times": [1.0], "peak_alloc_GiB": 1.0}
+    dpo_auto = {**auto3, "layout_mode": "auto", "memory_cap_gib": 24}
+    autos.write_text("\n".join(json.dumps(r) for r in (anchor256, auto1, auto2, auto3, dpo_auto)) + "\n")
+    got = {r["stage"]: r for r in run(BENCH, "auto-rows", autos)}
+    assert got["stage1"]["ratio"] == pytest.approx(2.0, abs=1e-2) and got["stage1"]["memory_cap_gib"] == 20
+    assert got["dpo"]["ratio"] == 1.0 and "stage2" in got
     # ratio: each pipeline run against the raw loop's row of its own sequence length.
     rows = tmp_path / "bench.jsonl"
     anchor = {"backend": "unsloth", "seq": 256, "bs": 2, "tokens_per_s": stage1["tokens_per_s"] * 2,

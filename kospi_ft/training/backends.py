@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 # Every linear layer of a Qwen2 decoder block: attention q/k/v/o and the SwiGLU MLP (28 layers x 7 = 196 adapters).
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 Resolved = Literal["unsloth", "hf"]
+# A layout's checkpointing as unsloth's use_gradient_checkpointing: offloaded recompute, plain recompute, none.
+UNSLOTH_CHECKPOINTING = {"unsloth": "unsloth", "on": True, "off": False}
 
 
 class LoraParams(Section):
@@ -117,8 +119,11 @@ def prepare_backend(requested: str, allow_cpu: bool = True, strict: bool = False
 
 
 def load_base(name: str, backend: Resolved, max_seq_length: int, load_in_4bit: bool = True,
-              revision: str | None = None):
-    """(model, tokenizer) for the base model `name` (local dir, or hub id at `revision`), ready for LoRA."""
+              revision: str | None = None, checkpointing: str = "unsloth"):
+    """(model, tokenizer) for the base model `name` (local dir, or hub id at `revision`), ready for LoRA.
+
+    `checkpointing` (unsloth: unsloth|on|off): what the training layout chose; the hf backend's recompute is
+    switched on by the Trainer (see common.trainer_arguments)."""
     import torch
 
     if backend == "unsloth":
@@ -129,7 +134,8 @@ def load_base(name: str, backend: Resolved, max_seq_length: int, load_in_4bit: b
         # instead, the same weights the export merges into).
         pin = {} if revision is None else {"revision": revision, "use_exact_model_name": True}
         model, tokenizer = FastLanguageModel.from_pretrained(
-            name, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit, dtype=torch.bfloat16, **pin)
+            name, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit, dtype=torch.bfloat16,
+            use_gradient_checkpointing=UNSLOTH_CHECKPOINTING[checkpointing], **pin)
         return model, configure_tokenizer(tokenizer)
 
     from transformers import AutoModelForCausalLM
@@ -156,20 +162,20 @@ def load_base(name: str, backend: Resolved, max_seq_length: int, load_in_4bit: b
     if cuda_available() and load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
-        # Freezes the 4-bit base, upcasts norms to fp32 and turns on (non-reentrant) gradient checkpointing.
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Freezes the 4-bit base and upcasts norms to fp32; recompute is the layout's (the Trainer turns it on).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model, tokenizer
 
 
-def attach_lora(model, lora: LoraParams, backend: Resolved, seed: int):
-    """A fresh LoRA adapter (B = 0, so the model starts exactly as the base)."""
+def attach_lora(model, lora: LoraParams, backend: Resolved, seed: int, checkpointing: str = "unsloth"):
+    """A fresh LoRA adapter (B = 0, so the model starts exactly as the base); unsloth applies `checkpointing`."""
     if backend == "unsloth":
         from unsloth import FastLanguageModel
 
         return FastLanguageModel.get_peft_model(
             model, r=lora.lora_rank, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout, bias="none",
-            target_modules=list(lora.target_modules), use_gradient_checkpointing="unsloth", random_state=seed)
+            target_modules=list(lora.target_modules),
+            use_gradient_checkpointing=UNSLOTH_CHECKPOINTING[checkpointing], random_state=seed)
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -180,7 +186,8 @@ def attach_lora(model, lora: LoraParams, backend: Resolved, seed: int):
             target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
 
 
-def load_adapter(model, adapter_dir: Path, backend: Resolved, trainable: bool = True):
+def load_adapter(model, adapter_dir: Path, backend: Resolved, trainable: bool = True,
+                 checkpointing: str = "unsloth"):
     """Load a saved adapter onto `model`; trainable=True continues training it (Stage 2 on Stage 1, DPO on Stage 2)."""
     from peft import PeftModel
 
@@ -193,7 +200,8 @@ def load_adapter(model, adapter_dir: Path, backend: Resolved, trainable: bool = 
         # What FastLanguageModel.get_peft_model does after creating an adapter: swap in unsloth's fused LoRA
         # MLP/QKV kernels and its offloaded gradient checkpointing. Without it the loaded adapter runs unsloth's
         # base model through plain PEFT layers (slower, more memory).
-        model = FastLanguageModel.patch_peft_model(model, use_gradient_checkpointing="unsloth")
+        model = FastLanguageModel.patch_peft_model(
+            model, use_gradient_checkpointing=UNSLOTH_CHECKPOINTING[checkpointing])
     return model
 
 

@@ -145,12 +145,18 @@ def _move_aside(checkpoint_dir: Path, old_fingerprint: str | None, why: str) -> 
                 checkpoint_dir, why, aside)
 
 
+def _recorded(checkpoint_dir: Path) -> dict:
+    try:
+        found = json.loads((checkpoint_dir / FINGERPRINT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def recorded_fingerprint(checkpoint_dir: Path) -> str | None:
     """The fingerprint of the run that wrote `checkpoint_dir`, or None (none recorded, or unreadable)."""
-    try:
-        return json.loads((checkpoint_dir / FINGERPRINT_FILE).read_text(encoding="utf-8"))["fingerprint"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    found = _recorded(checkpoint_dir).get("fingerprint")
+    return found if isinstance(found, str) else None
 
 
 def prepare(checkpoint_dir: str | os.PathLike, config: dict, restart: bool = False) -> str | None:
@@ -182,7 +188,13 @@ def prepare(checkpoint_dir: str | os.PathLike, config: dict, restart: bool = Fal
     else:
         _move_aside(checkpoint_dir, recorded, f"checkpoints come from another config ({recorded} != {ours})")
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(checkpoint_dir / FINGERPRINT_FILE, {"fingerprint": ours, "config": config})
+    record = {"fingerprint": ours, "config": config}
+    if resume_from is not None:
+        # The layouts that trained the steps the resume keeps (layouts.record; outside the fingerprint).
+        step = _step(Path(resume_from))
+        kept = [x for x in _recorded(checkpoint_dir).get("layouts", []) if x.get("from_step", 0) < step]
+        record["layouts"] = kept
+    atomic.write_json(checkpoint_dir / FINGERPRINT_FILE, record)
     (checkpoint_dir / FINISHED).unlink(missing_ok=True)  # a session starts: finished again only once it saves
     return resume_from
 

@@ -10,7 +10,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -18,6 +18,9 @@ from .. import atomic
 from ..errors import DataValidationError
 from ..params import Section
 from . import backends, checkpoints, distributed
+
+if TYPE_CHECKING:
+    from .layouts import Layout
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,10 @@ class TrainParams(Section):
     lr: float = Field(gt=0)
     batch_size: int = Field(gt=0)
     grad_accum: int = Field(1, gt=0)
+    # The effective batch is batch_size x grad_accum; how a step is split (micro-batch, activation checkpointing)
+    # is train.layout's choice unless pinned here (see kospi_ft.training.layouts). null = the layout decides.
+    micro_batch: int | None = Field(None, gt=0)
+    checkpointing: Literal["unsloth", "on", "off"] | None = None
     max_seq_length: int = Field(ge=32)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     logging_steps: int = Field(1, gt=0)
@@ -100,8 +107,22 @@ def check_messages(messages: Any, where: str, roles=("system", "user", "assistan
     return out
 
 
-def trainer_arguments(params: TrainParams, backend: str, checkpoint_dir: Path, evaluate: bool = False) -> dict:
-    """transformers/TRL arguments shared by SFTConfig and DPOConfig; `evaluate`: a held-out split is given."""
+#: Params that choose how a step is laid out, not what it learns: outside the checkpoint fingerprint, so a resume
+#: on another card with another layout continues the run (see kospi_ft.training.layouts).
+LAYOUT_KEYS = ("micro_batch", "checkpointing")
+
+
+def learning_params(params: TrainParams) -> dict:
+    """The stage's params that decide what is learned (the checkpoint fingerprint's part)."""
+    return params.model_dump(mode="json", exclude=set(LAYOUT_KEYS))
+
+
+def trainer_arguments(params: TrainParams, backend: str, checkpoint_dir: Path, evaluate: bool = False,
+                      layout: "Layout | None" = None) -> dict:
+    """transformers/TRL arguments shared by SFTConfig and DPOConfig; `evaluate`: a held-out split is given;
+    `layout`: micro-batch, grad_accum and checkpointing (default: the recipe)."""
+    if layout is None:
+        layout = recipe_layout(params, backend)
     cuda = backends.cuda_available()
     if params.early_stopping_patience is not None and not evaluate:
         raise DataValidationError("early_stopping_patience is set, but the stage has no held-out split to stop on")
@@ -110,9 +131,9 @@ def trainer_arguments(params: TrainParams, backend: str, checkpoint_dir: Path, e
         output_dir=str(checkpoint_dir),
         num_train_epochs=params.epochs,
         max_steps=params.max_steps,
-        per_device_train_batch_size=params.batch_size,
-        # Split across DDP processes, so the effective batch is batch_size x grad_accum at any world size.
-        gradient_accumulation_steps=distributed.per_process_grad_accum(params.grad_accum),
+        # micro-batch x grad_accum per process x processes = batch_size x grad_accum at any layout and world size.
+        per_device_train_batch_size=layout.micro_batch,
+        gradient_accumulation_steps=layout.grad_accum,
         # LoRA trains every adapter it holds: no unused parameters for DDP to look for (that search costs a pass).
         ddp_find_unused_parameters=False,
         learning_rate=params.lr,
@@ -124,9 +145,8 @@ def trainer_arguments(params: TrainParams, backend: str, checkpoint_dir: Path, e
         weight_decay=0.0,
         bf16=cuda,
         fp16=False,
-        # unsloth applied its own offloaded checkpointing in get_peft_model; the HF backend turns it on here on
-        # CUDA (saves activations at ~30% more compute); CPU runs a tiny model where it only costs time.
-        gradient_checkpointing=cuda and backend == "hf",
+        # unsloth applied the layout's checkpointing in get_peft_model; the HF backend turns recompute on here.
+        gradient_checkpointing=backend == "hf" and layout.checkpointing == "on",
         gradient_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=params.logging_steps,
         save_strategy="steps",
@@ -135,7 +155,7 @@ def trainer_arguments(params: TrainParams, backend: str, checkpoint_dir: Path, e
         # The held-out split: every eval_steps and after the last step (the Trainer adds that one itself).
         eval_strategy="steps" if evaluate else "no",
         eval_steps=params.eval_steps,
-        per_device_eval_batch_size=params.batch_size,
+        per_device_eval_batch_size=layout.micro_batch,
         load_best_model_at_end=best,
         metric_for_best_model="eval_loss" if best else None,
         greater_is_better=False if best else None,
@@ -150,6 +170,15 @@ def trainer_arguments(params: TrainParams, backend: str, checkpoint_dir: Path, e
         # num_tokens log. Costs one scalar device sync per micro-batch.
         include_num_input_tokens_seen="non_padding",
     )
+
+
+def recipe_layout(params: TrainParams, backend: str) -> "Layout":
+    """Today's recipe (micro-batch = batch_size, the backend's checkpointing), pins applied."""
+    from .layouts import TrainSetup, candidates
+
+    rows = params.batch_size * distributed.per_process_grad_accum(params.grad_accum)
+    return candidates(rows=rows, batch_size=params.batch_size, setup=TrainSetup(), micro_batch=params.micro_batch,
+                      checkpointing=params.checkpointing, backend=backend, cuda=backends.cuda_available())[0]
 
 
 def training_callbacks(params: TrainParams, live_dir: Path | None, resume: bool, extra=()) -> list:
@@ -365,6 +394,8 @@ def run_summary(trainer, result, seconds: float, info: "RunInfo", resume_from: s
         # per-device batch x per-process grad accum x processes = params.yaml's batch_size x grad_accum
         "effective_batch": trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
         * distributed.world_size(),
+        # How the steps of this session were laid out (train.layout; kospi_ft.training.layouts).
+        "layout": getattr(trainer, "layout", None) and trainer.layout.as_dict(),
         "peak_memory_gib": round(backends.peak_memory_gib(), 3),
         # The held-out split, scored on the saved model (the best checkpoint under early stopping).
         "eval_loss": finite(held_out.get("eval_loss")),

@@ -22,10 +22,11 @@ from pydantic import Field
 from ..errors import DataValidationError, PipelineError
 from ..jsonl import read_jsonl
 from ..tokenizer import load_tokenizer
-from . import backends, checkpoints
+from . import backends, checkpoints, layouts
 from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, final_eval, finite, first_log,
-                     held_out_slice, restore_trained_adapter, run_summary, trainer_arguments,
-                     training_callbacks, write_outputs)
+                     held_out_slice, learning_params, recipe_layout, restore_trained_adapter, run_summary,
+                     trainer_arguments, training_callbacks, write_outputs)
+from .layouts import Layout, TrainSetup
 from .lm_head import completion_only_scoring
 
 log = logging.getLogger(__name__)
@@ -79,15 +80,18 @@ def check_prompts_fit(splits: list[tuple[Path, list[dict]]], tokenizer, max_seq_
 
 def build_dpo_trainer(params: DPOParams, *, model_name: str, backend: str, load_in_4bit: bool, data: list[dict],
                       stage2_adapter: Path, paths: RunPaths, callbacks=(), eval_data: list[dict] | None = None,
-                      resume: bool = False, revision: str | None = None):
-    """Stage 2 model (adapter trainable) and a DPOTrainer whose reference is a frozen copy of that adapter."""
+                      resume: bool = False, revision: str | None = None, layout: Layout | None = None):
+    """Stage 2 model (adapter trainable) and a DPOTrainer whose reference is a frozen copy of that adapter;
+    `layout`: micro-batch (pairs) and checkpointing (default: the recipe)."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    model, tokenizer = backends.load_base(model_name, backend, params.max_seq_length, load_in_4bit, revision)
-    model = backends.load_adapter(model, stage2_adapter, backend, trainable=True)
+    layout = layout or recipe_layout(params, backend)
+    model, tokenizer = backends.load_base(model_name, backend, params.max_seq_length, load_in_4bit, revision,
+                                          checkpointing=layout.checkpointing)
+    model = backends.load_adapter(model, stage2_adapter, backend, trainable=True, checkpointing=layout.checkpointing)
     args = DPOConfig(
-        **trainer_arguments(params, backend, paths.checkpoint_dir, evaluate=bool(eval_data)),
+        **trainer_arguments(params, backend, paths.checkpoint_dir, evaluate=bool(eval_data), layout=layout),
         beta=params.beta,
         max_length=params.max_seq_length,
         truncation_mode="keep_start",
@@ -97,6 +101,26 @@ def build_dpo_trainer(params: DPOParams, *, model_name: str, backend: str, load_
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(data),
                          eval_dataset=Dataset.from_list(eval_data) if eval_data else None, processing_class=tokenizer,
                          callbacks=training_callbacks(params, paths.live_dir, resume, callbacks))
+    return trainer
+
+
+def build_fitted(params: DPOParams, *, setup: TrainSetup | None, model_name: str, backend: str, load_in_4bit: bool,
+                 data: list[dict], stage2_adapter: Path, paths: RunPaths, callbacks=(),
+                 eval_data: list[dict] | None = None, resume_from: str | None = None, revision: str | None = None):
+    """`build_dpo_trainer` with the layout train.layout picks (probed on CUDA), recorded on `trainer.layout` and in
+    the checkpoint dir's config."""
+    adapter = backends.adapter_config(stage2_adapter)
+    # The memory model's row: chosen and rejected, each up to max_seq_length; TRL's frozen `ref` copy of the adapter.
+    options = layouts.plan(params, setup=setup or TrainSetup(), section="dpo", backend=backend,
+                           model_name=model_name, load_in_4bit=load_in_4bit, revision=revision,
+                           lora_rank=adapter.get("r") or 32, lora_modules=adapter.get("target_modules") or (),
+                           tokens_per_row=2 * params.max_seq_length, adapters=2)
+    trainer, layout = layouts.fit(lambda layout: build_dpo_trainer(
+        params, model_name=model_name, backend=backend, load_in_4bit=load_in_4bit, data=data,
+        stage2_adapter=stage2_adapter, paths=paths, callbacks=callbacks, eval_data=eval_data,
+        resume=resume_from is not None, revision=revision, layout=layout), options)
+    trainer.layout = layout
+    layouts.record(paths.checkpoint_dir, layout, 0 if resume_from is None else checkpoints.step_of(resume_from))
     return trainer
 
 
@@ -117,7 +141,7 @@ STEP0_TOLERANCE = 1e-3
 
 def train_dpo(params: DPOParams, *, model_name: str, backend: str, load_in_4bit: bool, data_path: Path,
               stage2_adapter: Path, paths: RunPaths, callbacks=(), eval_path: Path | None = None,
-              restart: bool = False, revision: str | None = None) -> dict:
+              restart: bool = False, revision: str | None = None, setup: TrainSetup | None = None) -> dict:
     """Train Stage 3 (scoring the held-out pairs in `eval_path`, if given) and write adapter (default only), metrics
     and curves. Returns the metrics.
 
@@ -137,12 +161,12 @@ def train_dpo(params: DPOParams, *, model_name: str, backend: str, load_in_4bit:
     check_prompts_fit(splits, load_tokenizer(model_name, revision), params.max_seq_length)
     resume_from = checkpoints.prepare_on_all_ranks(paths.checkpoint_dir, checkpoints.run_config(
         stage="stage3", backend=backend, base_model=model_name, revision=revision, load_in_4bit=load_in_4bit,
-        params=params.model_dump(mode="json"),
+        params=learning_params(params),
         inputs=[data_path, stage2_adapter] + ([] if eval_path is None else [eval_path])), restart=restart)
     backends.reset_peak_memory()
-    trainer = build_dpo_trainer(params, model_name=model_name, backend=backend, load_in_4bit=load_in_4bit,
-                                data=data, stage2_adapter=stage2_adapter, paths=paths, callbacks=callbacks,
-                                eval_data=eval_data, resume=resume_from is not None, revision=revision)
+    trainer = build_fitted(params, setup=setup, model_name=model_name, backend=backend, load_in_4bit=load_in_4bit,
+                           data=data, stage2_adapter=stage2_adapter, paths=paths, callbacks=callbacks,
+                           eval_data=eval_data, resume_from=resume_from, revision=revision)
     if not reference_is_policy(trainer):
         raise DPOReferenceError(f"{stage2_adapter}: TRL did not set up a frozen copy of the Stage 2 adapter as the "
                                 f"DPO reference, so DPO would pull towards another policy; {paths.output_dir} not "

@@ -25,10 +25,12 @@ from typing import Literal
 
 from ..errors import DataValidationError
 from ..jsonl import read_jsonl
-from . import backends, checkpoints
+from . import backends, checkpoints, layouts
 from .backends import LoraParams
-from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, held_out_slice,
-                     restore_trained_adapter, run_summary, trainer_arguments, training_callbacks, write_outputs)
+from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, held_out_slice, learning_params,
+                     recipe_layout, restore_trained_adapter, run_summary, trainer_arguments, training_callbacks,
+                     write_outputs)
+from .layouts import Layout, TrainSetup
 from .lm_head import completion_only_scoring
 
 log = logging.getLogger(__name__)
@@ -92,24 +94,28 @@ def count_label_tokens(dataset) -> tuple[int, int]:
 
 def build_sft_trainer(params: SFTParams, *, model_name: str, backend: str, load_in_4bit: bool, data: list[dict],
                       init_adapter: Path | None, paths: RunPaths, callbacks=(), eval_data: list[dict] | None = None,
-                      resume: bool = False, revision: str | None = None):
+                      resume: bool = False, revision: str | None = None, layout: Layout | None = None):
     """The model with its adapter and a configured SFTTrainer (not yet trained); `eval_data`: the held-out split,
-    `resume`: dvclive continues the curves of the interrupted run."""
+    `resume`: dvclive continues the curves of the interrupted run; `layout`: micro-batch and checkpointing
+    (default: the recipe)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    model, tokenizer = backends.load_base(model_name, backend, params.max_seq_length, load_in_4bit, revision)
+    layout = layout or recipe_layout(params, backend)
+    model, tokenizer = backends.load_base(model_name, backend, params.max_seq_length, load_in_4bit, revision,
+                                          checkpointing=layout.checkpointing)
     if init_adapter is not None:
         found = backends.adapter_config(init_adapter)
         if found.get("r") != params.lora_rank:
             log.warning("lora_rank=%s ignored: continuing the adapter in %s, which has rank %s",
                         params.lora_rank, init_adapter, found.get("r"))
-        model = backends.load_adapter(model, init_adapter, backend, trainable=True)
+        model = backends.load_adapter(model, init_adapter, backend, trainable=True,
+                                      checkpointing=layout.checkpointing)
     else:
-        model = backends.attach_lora(model, params, backend, params.seed)
+        model = backends.attach_lora(model, params, backend, params.seed, checkpointing=layout.checkpointing)
 
     args = SFTConfig(
-        **trainer_arguments(params, backend, paths.checkpoint_dir, evaluate=bool(eval_data)),
+        **trainer_arguments(params, backend, paths.checkpoint_dir, evaluate=bool(eval_data), layout=layout),
         max_length=params.max_seq_length,
         packing=True,
         packing_strategy=params.packing_strategy,
@@ -160,11 +166,13 @@ def full_rows_only(dataset, length: int, min_rows: int):
 
 def train_sft(params: SFTParams, *, stage: str, model_name: str, backend: str, load_in_4bit: bool,
               data_path: Path, init_adapter: Path | None, paths: RunPaths, callbacks=(),
-              eval_path: Path | None = None, restart: bool = False, revision: str | None = None) -> dict:
+              eval_path: Path | None = None, restart: bool = False, revision: str | None = None,
+              setup: TrainSetup | None = None) -> dict:
     """Train one SFT stage (scoring the held-out split in `eval_path`, if given) and write adapter, metrics and
     curves. Returns the metrics.
 
-    Resumes from the newest complete checkpoint of the same run (see `checkpoints`); `restart` starts over."""
+    Resumes from the newest complete checkpoint of the same run (see `checkpoints`); `restart` starts over.
+    `setup`: params.yaml `train` (the layout: see `layouts`)."""
     data = load_conversations(data_path)
     eval_data = held_out_slice(load_conversations(eval_path) if eval_path is not None else None, params)
     resolved = {
@@ -175,12 +183,12 @@ def train_sft(params: SFTParams, *, stage: str, model_name: str, backend: str, l
     }
     resume_from = checkpoints.prepare_on_all_ranks(paths.checkpoint_dir, checkpoints.run_config(
         stage=stage, backend=backend, base_model=model_name, revision=revision, load_in_4bit=load_in_4bit,
-        params=params.model_dump(mode="json"),
+        params=learning_params(params),
         inputs=[data_path] + [p for p in (eval_path, init_adapter) if p is not None]), restart=restart)
     backends.reset_peak_memory()
-    trainer = build_sft_trainer(params, model_name=model_name, backend=backend, load_in_4bit=load_in_4bit,
-                                data=data, init_adapter=init_adapter, paths=paths, callbacks=callbacks,
-                                eval_data=eval_data, resume=resume_from is not None, revision=revision)
+    trainer = build_fitted(params, stage=stage, setup=setup, model_name=model_name, backend=backend,
+                           load_in_4bit=load_in_4bit, data=data, init_adapter=init_adapter, paths=paths,
+                           callbacks=callbacks, eval_data=eval_data, resume_from=resume_from, revision=revision)
     label_tokens, total_tokens = count_label_tokens(trainer.train_dataset)
     labelled = [(data_path, label_tokens)]
     if trainer.eval_dataset is not None:
@@ -200,6 +208,24 @@ def train_sft(params: SFTParams, *, stage: str, model_name: str, backend: str, l
                         resume_from)
     write_outputs(trainer, paths, resolved, metrics)
     return metrics
+
+
+def build_fitted(params: SFTParams, *, stage: str, setup: TrainSetup | None, model_name: str, backend: str,
+                 load_in_4bit: bool, data: list[dict], init_adapter: Path | None, paths: RunPaths, callbacks=(),
+                 eval_data: list[dict] | None = None, resume_from: str | None = None, revision: str | None = None):
+    """`build_sft_trainer` with the layout train.layout picks (probed on CUDA), recorded on `trainer.layout` and in
+    the checkpoint dir's config."""
+    rank = backends.adapter_config(init_adapter).get("r", params.lora_rank) if init_adapter else params.lora_rank
+    options = layouts.plan(params, setup=setup or TrainSetup(), section=stage, backend=backend,
+                           model_name=model_name, load_in_4bit=load_in_4bit, revision=revision, lora_rank=rank,
+                           lora_modules=params.target_modules, tokens_per_row=params.max_seq_length)
+    trainer, layout = layouts.fit(lambda layout: build_sft_trainer(
+        params, model_name=model_name, backend=backend, load_in_4bit=load_in_4bit, data=data,
+        init_adapter=init_adapter, paths=paths, callbacks=callbacks, eval_data=eval_data,
+        resume=resume_from is not None, revision=revision, layout=layout), options)
+    trainer.layout = layout
+    layouts.record(paths.checkpoint_dir, layout, 0 if resume_from is None else checkpoints.step_of(resume_from))
+    return trainer
 
 
 def summarize(trainer, result, seconds: float, params: TrainParams, rows: int, total_tokens: int,

@@ -1,0 +1,349 @@
+"""The training layout: micro-batch and activation checkpointing, picked from the GPU's memory.
+
+What is learned depends on the effective batch (micro-batch x grad_accum x processes = params.yaml's batch_size x
+grad_accum), the data order and the schedule, not on how a step is split into micro-batches or whether activations
+are recomputed: the Trainer normalises the loss over the whole effective batch and draws the same rows in the same
+order whatever the micro-batch. The layout is therefore a speed/memory choice that may differ between cards, and
+between a run and its resume (tests/test_layouts.py shows equal losses and adapters across layouts).
+
+- `recipe` (train.layout; the embedded default): today's recipe, micro-batch = batch_size, checkpointing on the
+  backend's default (unsloth: its offloaded recompute; hf on CUDA: recompute; CPU: none).
+- `auto` (the real preset): the fastest layout whose predicted peak fits the card's memory (or
+  `train.memory_limit_gib`), checked by one probe step (forward + backward of the largest micro-batch the data can
+  produce) before training. An out-of-memory there falls back one notch on its own. Without recomputation a QLoRA
+  step costs ~4N FLOPs per token instead of ~6N: measured 1.41-1.56x unsloth's recipe on an H200 (issue table in
+  README). Order of the notches: checkpointing off at the largest micro-batch that divides the effective batch, down
+  to 1, then the backend's checkpointing, again from the largest micro-batch.
+- A stage's `micro_batch` / `checkpointing` pin the layout and win over both.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+from pydantic import Field
+
+from ..errors import ParamsError, PipelineError
+from .distributed import LaunchParams, world_size
+
+log = logging.getLogger(__name__)
+
+Checkpointing = Literal["unsloth", "on", "off"]
+GIB = 2**30
+
+# The memory model, measured on an H200 (Qwen2.5-7B shape, QLoRA r32 on all 7 projections, unsloth, bf16,
+# AdamW-8bit, seq 2048; benchmarks/results/h200-7b-auto-layout.jsonl): peak allocated at micro-batch 2 / 4 / 8 with
+# checkpointing off 20.9 / 36.1 / 66.5 GiB, i.e. 3.8 MiB per token = ~6.3 bytes x layers x (hidden + intermediate)
+# (every layer keeps its activations for the backward); with unsloth's offloaded recompute 7.2 -> 10.8 GiB from
+# micro-batch 2 to 8, 0.29 MiB per token = ~13.5 bytes x (hidden + intermediate) (one layer's working set, the
+# saved layer inputs sit in host memory). Plain recompute ("on") also keeps every layer's bf16 input on the GPU.
+BYTES_PER_LAYER_UNIT_OFF = 6.3
+BYTES_PER_UNIT_RECOMPUTE = 13.5
+# Share of the card a prediction may fill, and a fixed reserve: CUDA context, allocator fragmentation, the
+# evaluation forward and optimizer temporaries. At a 24 GiB cap this keeps the predicted peak at or below ~21.6 GiB.
+FILL = 0.92
+RESERVE_GIB = 0.5
+
+
+class TrainSetup(LaunchParams):
+    """params.yaml `train`: processes, and how each training stage lays out its steps on the GPU."""
+
+    layout: Literal["auto", "recipe"] = "recipe"
+    # Memory the training stages may use on each GPU (GiB; the rest stays free for other processes). null: the card.
+    memory_limit_gib: float | None = Field(None, gt=0)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one optimizer step is split on one process: micro_batch x grad_accum rows (pairs), checkpointing."""
+
+    micro_batch: int
+    grad_accum: int  # per process
+    checkpointing: str
+    chosen_by: str  # recipe | auto | pinned
+    predicted_peak_gib: float | None = None
+    budget_gib: float | None = None
+    probe_peak_gib: float | None = None
+    fallbacks: int = 0  # notches given up after an out-of-memory at the probe
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def default_checkpointing(backend: str, cuda: bool) -> str:
+    """Today's recipe: unsloth's offloaded recompute; hf on CUDA: plain recompute; CPU (a tiny model): none."""
+    if not cuda:
+        return "off"
+    return "unsloth" if backend == "unsloth" else "on"
+
+
+def rows_per_process(batch_size: int, grad_accum: int, processes: int, where: str = "") -> int:
+    """Rows (pairs) each process trains on per optimizer step."""
+    from .distributed import per_process_grad_accum
+
+    return batch_size * per_process_grad_accum(grad_accum, processes, key=f"{where}grad_accum")
+
+
+def divisors(n: int) -> list[int]:
+    """Micro-batches an effective batch of n splits into, largest first."""
+    return [m for m in range(n, 0, -1) if n % m == 0]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the memory model needs about the model and the stage: tokens per row at most, model dimensions."""
+
+    tokens_per_row: int  # SFT: max_seq_length; DPO: chosen + rejected, each up to max_seq_length
+    layers: int
+    hidden: int
+    intermediate: int
+    weights_bytes: float  # base weights as loaded + the trainable adapter, its gradients and optimizer state
+
+    def activation_bytes_per_token(self, checkpointing: str) -> float:
+        unit = self.hidden + self.intermediate
+        if checkpointing == "off":
+            return BYTES_PER_LAYER_UNIT_OFF * self.layers * unit
+        on_gpu_inputs = 2 * self.layers * self.hidden if checkpointing == "on" else 0
+        return BYTES_PER_UNIT_RECOMPUTE * unit + on_gpu_inputs
+
+    def predicted_peak(self, micro_batch: int, checkpointing: str) -> float:
+        return self.weights_bytes + micro_batch * self.tokens_per_row * self.activation_bytes_per_token(checkpointing)
+
+
+def model_shape(config, *, tokens_per_row: int, load_in_4bit: bool, lora_rank: int, lora_modules,
+                adapters: int = 1) -> Shape:
+    """A Qwen2-like decoder's dimensions and the bytes its weights take on the GPU, from its config alone.
+
+    4-bit NF4 linears: 0.5 byte per weight plus ~3% for the double-quantised absmax; embeddings and LM head bf16.
+    LoRA: fp32 weights + fp32 gradients + AdamW-8bit's two 1-byte states; `adapters` > 1 adds frozen copies (DPO's
+    reference adapter)."""
+    h, i, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    dims = {"q_proj": (h, heads * head_dim), "k_proj": (h, kv * head_dim), "v_proj": (h, kv * head_dim),
+            "o_proj": (heads * head_dim, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+    linear = n * sum(a * b for a, b in dims.values())
+    vocab = config.vocab_size
+    embeddings = vocab * h * (1 if getattr(config, "tie_word_embeddings", False) else 2)
+    base = linear * (0.516 if load_in_4bit else 2.0) + embeddings * 2
+    lora = n * lora_rank * sum(a + b for name, (a, b) in dims.items() if name in lora_modules)
+    trainable = lora * (4 + 4 + 2) + (adapters - 1) * lora * 4
+    return Shape(tokens_per_row=tokens_per_row, layers=n, hidden=h, intermediate=i, weights_bytes=base + trainable)
+
+
+def budget_bytes(memory_limit_gib: float | None) -> float:
+    """What this process may fill on its GPU: the card (or train.memory_limit_gib, enforced through the caching
+    allocator) less what other processes hold."""
+    import torch
+
+    from .distributed import local_rank
+
+    device = local_rank()
+    free, total = torch.cuda.mem_get_info(device)
+    usable = free + torch.cuda.memory_reserved(device)  # our own cache is ours to reuse
+    if memory_limit_gib is not None:
+        limit = memory_limit_gib * GIB
+        if limit > total:
+            raise ParamsError(f"params.yaml: train.memory_limit_gib is {memory_limit_gib}, more than the "
+                              f"{total / GIB:.1f} GiB of GPU {device}")
+        torch.cuda.set_per_process_memory_fraction(limit / total, device)
+        usable = min(usable, limit)
+    return usable
+
+
+def candidates(*, rows: int, batch_size: int, setup: TrainSetup, micro_batch: int | None,
+               checkpointing: str | None, backend: str, cuda: bool, shape: Shape | None = None,
+               budget: float | None = None, where: str = "") -> list[Layout]:
+    """The layouts to try in order; all but the recipe and a full pin are checked by a probe step before training.
+
+    `rows`: rows (DPO: pairs) per optimizer step on this process. Pins (`micro_batch`, `checkpointing`) hold
+    whatever the layout mode."""
+    if micro_batch is not None and rows % micro_batch:
+        raise ParamsError(f"params.yaml: {where}micro_batch is {micro_batch}, which does not divide the "
+                          f"{rows} rows each process trains on per optimizer step (batch_size x grad_accum / "
+                          f"processes); choose one of {divisors(rows)}")
+    if checkpointing == "unsloth" and backend != "unsloth":
+        raise ParamsError(f"params.yaml: {where}checkpointing is unsloth, but the backend is {backend}; "
+                          f"use on or off")
+    pinned = micro_batch is not None or checkpointing is not None
+    if setup.layout == "recipe" or not cuda:
+        m = micro_batch or batch_size
+        mode = checkpointing or default_checkpointing(backend, cuda)
+        return [Layout(m, rows // m, mode, "pinned" if pinned else "recipe")]
+    if micro_batch is not None and checkpointing is not None:
+        return [Layout(micro_batch, rows // micro_batch, checkpointing, "pinned")]
+    modes = [checkpointing] if checkpointing else ["off", default_checkpointing(backend, cuda)]
+    sizes = [micro_batch] if micro_batch else divisors(rows)
+    usable = budget * FILL - RESERVE_GIB * GIB
+    chosen_by = "pinned" if pinned else "auto"
+    fitting, rest = [], []
+    for mode in modes:
+        for m in sizes:
+            peak = shape.predicted_peak(m, mode)
+            layout = Layout(m, rows // m, mode, chosen_by, predicted_peak_gib=round(peak / GIB, 2),
+                            budget_gib=round(budget / GIB, 2))
+            (fitting if peak <= usable else rest).append(layout)
+    # Nothing predicted to fit: still probe the smallest layout (the model may be pessimistic); its OOM is the error.
+    return fitting or rest[-1:]
+
+
+def probe_step(trainer, micro_batch: int) -> float:
+    """One forward + backward of the largest micro-batch the training data can produce (the `micro_batch` longest
+    rows), without an optimizer step and with the RNG state restored; returns the peak GiB allocated (CUDA) or 0.
+
+    The gradients it leaves are dropped, so the first training step starts from the same state as without it."""
+    import torch
+
+    dataset = trainer.train_dataset
+    lengths = _row_lengths(dataset)
+    longest = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))[:micro_batch]
+    batch = trainer.data_collator([dataset[i] for i in longest])
+    model = trainer.model
+    was_training = model.training
+    model.train()
+    cuda = torch.cuda.is_available()
+    devices = [torch.cuda.current_device()] if cuda else []
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            inputs = trainer._prepare_inputs(batch)
+            autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and trainer.args.bf16
+                        else _nothing())
+            with autocast:
+                loss = trainer.compute_loss(model, inputs)
+            loss.backward()
+            del loss, inputs
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    if not cuda:
+        return 0.0
+    peak = torch.cuda.max_memory_allocated() / GIB
+    torch.cuda.reset_peak_memory_stats()
+    return peak
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _row_lengths(dataset) -> list[int]:
+    """Tokens per training row (DPO: prompt + the longer answer), from the tokenized dataset's columns."""
+    cols = dataset.column_names
+    if "input_ids" in cols:
+        return [len(x) for x in dataset["input_ids"]]
+    return [p + max(c, r) for p, c, r in zip(*dpo_lengths(dataset))]
+
+
+def dpo_lengths(dataset) -> tuple[list[int], list[int], list[int]]:
+    """Prompt, chosen and rejected token counts of a tokenized DPO dataset (TRL 1.15/1.16: `prompt_ids`...;
+    older: `prompt_input_ids`...)."""
+    cols = dataset.column_names
+    suffix = "_ids" if "prompt_ids" in cols else "_input_ids"
+    return tuple([len(x) for x in dataset[f"{part}{suffix}"]] for part in ("prompt", "chosen", "rejected"))
+
+
+def apply(trainer, layout: Layout) -> None:
+    """Set a built trainer's micro-batch split (the dataloader is built at train(), from these arguments)."""
+    trainer.args.per_device_train_batch_size = layout.micro_batch
+    trainer.args.gradient_accumulation_steps = layout.grad_accum
+    trainer.args.per_device_eval_batch_size = layout.micro_batch
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def release(trainer) -> None:
+    """Free a trainer's model and the GPU cache before the next notch builds another."""
+    import torch
+
+    if trainer is not None:
+        trainer.model = trainer.model_wrapped = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def fit(build: Callable[[Layout], object], layouts: list[Layout], probe=probe_step):
+    """Build the trainer for the first layout whose probe step fits; returns (trainer, layout that runs).
+
+    A layout that only changes the micro-batch reuses the built trainer; a change of checkpointing rebuilds it
+    (unsloth applies checkpointing when the adapter is attached)."""
+    trainer, built = None, None
+    for n, layout in enumerate(layouts):
+        if trainer is None or layout.checkpointing != built.checkpointing:
+            release(trainer)
+            trainer, built = build(layout), layout
+        apply(trainer, layout)
+        if layout.chosen_by == "recipe" or (layout.chosen_by == "pinned" and len(layouts) == 1):
+            return trainer, layout
+        try:
+            peak = probe(trainer, layout.micro_batch)
+        except Exception as err:  # noqa: BLE001 - only an out-of-memory moves on; anything else is raised
+            if not is_out_of_memory(err):
+                raise
+            del err
+            release(None)
+            log.warning("layout micro_batch %d, checkpointing %s: out of GPU memory at the probe step; trying the "
+                        "next one", layout.micro_batch, layout.checkpointing)
+            continue
+        layout = dataclasses.replace(layout, probe_peak_gib=round(peak, 2), fallbacks=n)
+        log.info("layout: micro_batch %d x grad_accum %d, checkpointing %s (%s; probe peak %.1f GiB, predicted "
+                 "%.1f of %.1f GiB)", layout.micro_batch, layout.grad_accum, layout.checkpointing,
+                 layout.chosen_by, peak, layout.predicted_peak_gib or 0, layout.budget_gib or 0)
+        return trainer, layout
+    release(trainer)
+    last = layouts[-1]
+    raise PipelineError(f"out of GPU memory at micro_batch {last.micro_batch} with checkpointing "
+                        f"{last.checkpointing} ({last.budget_gib} GiB usable): lower max_seq_length, or free the GPU")
+
+
+def plan(params, *, setup: TrainSetup, section: str, backend: str, model_name: str, load_in_4bit: bool,
+         revision: str | None, lora_rank: int, lora_modules, tokens_per_row: int, adapters: int = 1) -> list[Layout]:
+    """The layouts a training stage tries, from its params, the train section and (auto on CUDA) the memory model."""
+    from . import backends
+
+    cuda = backends.cuda_available()
+    rows = rows_per_process(params.batch_size, params.grad_accum, world_size(), where=f"{section}.")
+    shape = budget = None
+    if cuda and setup.memory_limit_gib is not None:
+        budget = budget_bytes(setup.memory_limit_gib)  # enforced in every layout mode
+    if setup.layout == "auto" and cuda and not (params.micro_batch and params.checkpointing):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_name, revision=revision)
+        shape = model_shape(config, tokens_per_row=tokens_per_row, load_in_4bit=load_in_4bit, lora_rank=lora_rank,
+                            lora_modules=lora_modules, adapters=adapters)
+        budget = budget or budget_bytes(None)
+    return candidates(rows=rows, batch_size=params.batch_size, setup=setup, micro_batch=params.micro_batch,
+                      checkpointing=params.checkpointing, backend=backend, cuda=cuda, shape=shape, budget=budget,
+                      where=f"{section}.")
+
+
+def record(checkpoint_dir: Path, layout: Layout, step: int) -> None:
+    """Add the layout that runs from `step` to the checkpoint dir's config (outside its fingerprint): a resume on
+    another card may run another layout, and the record says which steps ran how."""
+    from .. import atomic
+    from .checkpoints import FINGERPRINT_FILE
+    from .distributed import is_main
+
+    file = Path(checkpoint_dir) / FINGERPRINT_FILE
+    if not is_main() or not file.is_file():  # no checkpoint dir prepared: a trainer built outside a stage
+        return
+    config = json.loads(file.read_text(encoding="utf-8"))
+    config.setdefault("layouts", []).append({"from_step": step, **layout.as_dict()})
+    atomic.write_json(file, config)
