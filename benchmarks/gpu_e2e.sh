@@ -14,7 +14,7 @@
 #                                       # load-diagnosis cases (gpu_e2e.py llama-diag), evaluate@base and the
 #                                       # GPU / CPU / hf comparison on that GGUF
 #   bash benchmarks/gpu_e2e.sh bench    # Stage 2 / Stage 1 layouts vs the raw unsloth loop; gpu_verify.sh smoke
-#   LAYOUT_PART=1|2 bash benchmarks/gpu_e2e.sh layout  # train.layout auto vs the recipe, uncapped, 24 and 16 GiB
+#   LAYOUT_PART=1|2|3 bash benchmarks/gpu_e2e.sh layout  # train.layout auto vs the recipe, uncapped, 24 and 16 GiB
 # Wheels, where pip works: `bash benchmarks/gpu_wheels.sh train` for train and bench, `bash benchmarks/gpu_wheels.sh
 # eval` for export, evaluate and diag; carry [".whl"] (bench, after train on the same machine, runs on either set). Each set holds the llama-cpp-python sdist (.whl/sdist/).
 # Results: $OUT/h200-7b-real-e2e.jsonl (one JSON line per stage, written as each step ends), $OUT/gpu.txt, and the
@@ -166,8 +166,8 @@ case $PHASE in
     ;;
   layout)
     # train.layout auto against today's recipe, each stage uncapped and capped to 24 / 16 GiB
-    # (train.memory_limit_gib): benchmarks/results/h200-7b-auto-layout.jsonl. Two calls: LAYOUT_PART=1 (Stage 1,
-    # the Stage 2 anchor), LAYOUT_PART=2 (Stage 2, DPO from the Stage 2 adapter part 2 saves first).
+    # (train.memory_limit_gib): benchmarks/results/h200-7b-auto-layout.jsonl. Three calls: LAYOUT_PART=1 (Stage 1),
+    # 2 (Stage 2 and its anchor, DPO's recipe from the Stage 2 adapter part 2 saves), 3 (DPO auto).
     start_cuda_build  # for a later evaluate call on the same machine
     make_base
     if [ ! -f "$WORK/data/dpo/pairs.jsonl" ]; then
@@ -184,11 +184,15 @@ case $PHASE in
       step $A --seq 2048
       step $AUTO --stage stage1 --records 900 --layout recipe
       for cap in "" 24 16; do step $AUTO --stage stage1 --records 900 ${cap:+--cap $cap}; done
+    elif [ "$LAYOUT_PART" = 2 ]; then
       step $A --seq 4096
-    else
       step $AUTO $S2 --adapter-out /tmp/layout-s2
       for cap in 24 16; do step $AUTO $S2 --cap $cap; done
       step $AUTO $DP --layout recipe
+    else
+      # A fresh machine has no Stage 2 adapter yet: one step of Stage 2 writes one (DPO's speed does not depend on
+      # the adapter's values).
+      [ -f /tmp/layout-s2/adapter_config.json ] || step $AUTO $S2 --steps 1 --adapter-out /tmp/layout-s2
       for cap in "" 24 16; do step $AUTO $DP ${cap:+--cap $cap}; done
     fi
     cat "$RES"/auto-layout-runs*.jsonl > /tmp/auto-all.jsonl 2>/dev/null

@@ -58,6 +58,15 @@ class ModelParams(Section):
     tiny: TinyShape = TinyShape()
 
 
+def load_params(raw) -> ModelParams:
+    """params.yaml `model`, a local `name` (embedded: models/base) resolved against the project: the project's
+    base, wherever a stage runs from (KOSPI_FT_PARAMS, --params)."""
+    from . import params
+
+    model = params.load("model", ModelParams, raw=raw)
+    return model.model_copy(update={"name": params.local_dir_or_id(raw, model.name)})
+
+
 def padded_vocab_size(n_tokens: int, multiple: int) -> int:
     return -(-n_tokens // multiple) * multiple
 

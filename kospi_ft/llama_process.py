@@ -12,6 +12,8 @@ imports pyarrow, pandas or torch:
     python -m kospi_ft.llama_process '{"call": "kospi_ft.export.quantize:quantize_here", "kwargs": {...}}'
     python -m kospi_ft.llama_process '{"session": {"gguf": "...", "options": {...}}}'   # then requests on stdin
 
+A request may carry a JSON `schema`: its reply is then decoded guided by the schema's grammar (kospi_ft.grammar).
+
 `call` runs one function there and returns its JSON result; `Session` keeps one GGUF loaded for many generations
 (`kospi_ft.evaluation.llama_session.LlamaSession`). Every reply is one JSON line on the child's original stdout
 (C-level output such as llama.cpp's logs goes to stderr, which the child shares with its parent). A PipelineError
@@ -181,7 +183,8 @@ def _serve(argv: list[str], preloaded: list[str]) -> int:
             if op.get("op") == "close":
                 break
             try:
-                reply(ok=True, **session.generate(op["messages"], int(op["max_new_tokens"]), op.get("seed")))
+                reply(ok=True, **session.generate(op["messages"], int(op["max_new_tokens"]), op.get("seed"),
+                                                  schema=op.get("schema")))
             except Exception as err:  # noqa: BLE001
                 failed(err)
     finally:

@@ -55,6 +55,12 @@ MAX_LEVERAGE = 3.0
 MIN_RATIONALE_CHARS = 20
 MIN_SUMMARY_CHARS = 30
 
+# Ceilings, so that a reply is finite (a grammar built from the JSON schema stops a model at them). Generated
+# answers stay far below (at most 89-char texts, 128-char summaries, 6 list items); a trading system wants no more.
+MAX_TEXT_CHARS = 200
+MAX_SUMMARY_CHARS = 300
+MAX_LIST_ITEMS = 10
+
 HALLUCINATION = "hallucination"
 
 
@@ -90,13 +96,18 @@ def _upper_bound(name: str, bound: float):
             raise _hallucination("{name} {value} is beyond any listed stock or account (max {bound})",
                                  name=name, value=value, bound=bound)
         return value
+    # Read by kospi_ft.json_schema: the bound is a JSON-schema `maximum` there, a hallucination check here.
+    check.maximum = bound
     return check
 
 
 Ticker = Annotated[str, Field(pattern=r"^\d{6}$", description="code"),
                    AfterValidator(_check_ticker)]
 Sector = Annotated[str, Field(description="sector key"), AfterValidator(_check_sector)]
-KoreanText = Annotated[str, Field(min_length=1, description="한국어"), AfterValidator(_check_korean)]
+KoreanText = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS, description="한국어"),
+                      AfterValidator(_check_korean)]
+Summary = Annotated[str, Field(min_length=1, max_length=MAX_SUMMARY_CHARS, description="한국어"),
+                    AfterValidator(_check_korean)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0, strict=True)]
 Signed = Annotated[float, Field(ge=-1.0, le=1.0, strict=True)]
 #: A fractional return or move (-0.05 = -5%).
@@ -207,74 +218,74 @@ class Answer(Block):
     regime: Regime
     exposure: Fraction
     risk: Risk
-    summary: KoreanText
+    summary: Summary
 
 
 class FullAnalysis(Answer):
-    positions: list[Position] = Field(min_length=1)
-    valuation: list[Valuation] = Field(min_length=1)
+    positions: list[Position] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
+    valuation: list[Valuation] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
 
 
 class RegimeClassification(Answer):
     confidence: Fraction
     indicators: Indicators
-    signals: list[KoreanText] = Field(min_length=1)
+    signals: list[KoreanText] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
 
 
 class OvernightGap(Answer):
     us_market: UsMarket
     expected_gap: Annotated[float, Field(ge=-0.3, le=0.3, strict=True)]
     gap_direction: Literal["UP", "DOWN", "FLAT"]
-    positions: list[Position] = Field(min_length=1)
+    positions: list[Position] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
 
 
 class SectorAnalysis(Answer):
     event: UsEventKey
-    sector_impacts: list[SectorImpact] = Field(min_length=1)
-    positions: list[Position] = Field(min_length=1)
+    sector_impacts: list[SectorImpact] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
+    positions: list[Position] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
 
 
 class RiskManagement(Answer):
     current_drawdown: Annotated[float, Field(ge=-1.0, le=0.0, strict=True)]
     mdd_breached: Annotated[bool, Field(strict=True)]
-    actions: list[Action] = Field(min_length=1)
+    actions: list[Action] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
 
 
 class RegimeTransition(Answer):
     previous_regime: Regime
     previous_exposure: Fraction
-    actions: list[Action] = Field(min_length=1)
+    actions: list[Action] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
 
 
 class OpeningMomentum(Answer):
-    opening_gaps: list[OpeningGap] = Field(min_length=1)
-    positions: list[Position] = Field(min_length=1)
+    opening_gaps: list[OpeningGap] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
+    positions: list[Position] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
 
 
 class FxImpact(Answer):
     usdkrw_change: Return
-    sector_impacts: list[SectorImpact] = Field(min_length=1)
-    positions: list[Position] = Field(min_length=1)
+    sector_impacts: list[SectorImpact] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
+    positions: list[Position] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
 
 
 class StopLossManagement(Answer):
-    decisions: list[StopDecision] = Field(min_length=1)
+    decisions: list[StopDecision] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
 
 
 class IntradayRebalancing(Answer):
-    positions: list[Position] = Field(min_length=1)
-    actions: list[Action] = Field(min_length=1)
+    positions: list[Position] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
+    actions: list[Action] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
 
 
 class WhatIf(Answer):
     shock: ShockKey
     base_regime: Regime
-    actions: list[Action] = Field(min_length=1)
+    actions: list[Action] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
 
 
 class MultiStep(Answer):
-    steps: list[Step] = Field(min_length=3)
-    positions: list[Position] = Field(min_length=1)
+    steps: list[Step] = Field(min_length=3, max_length=MAX_LIST_ITEMS)
+    positions: list[Position] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
 
 
 RESPONSE_MODELS: dict[TaskType, type[Answer]] = {

@@ -13,7 +13,8 @@ import argparse
 import logging
 
 from kospi_ft import params, presets
-from kospi_ft.base_model import ModelParams, resolve_base
+from kospi_ft.base_model import resolve_base
+from kospi_ft.base_model import load_params as load_model_params
 from kospi_ft.training import backends
 from stages._main import run
 from stages.sft import add_train_flags, launch, run_paths, train_setup
@@ -30,9 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     from kospi_ft.training.dpo import DPOParams, train_dpo
 
     raw = params.read_raw(args.params)
-    model = params.load("model", ModelParams, raw=raw)
-    # A local base (embedded: models/base) is the project's, wherever the stage runs from.
-    model = model.model_copy(update={"name": params.local_dir_or_id(raw, model.name)})
+    model = load_model_params(raw)
     launch(raw, args, model, "stages.dpo", argv)
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "max_seq_length", "beta")}
     cfg = params.load("dpo", DPOParams, overrides=overrides, raw=raw)

@@ -1,10 +1,12 @@
 """Stage `export` (one per model via dvc.yaml foreach): merge -> GGUF f16 -> quantized GGUF + Modelfile + parity gate.
 
-    python -m stages.export --model stage2            # -> models/gguf/stage2/{model-Q4_K_M.gguf,Modelfile}
+    python -m stages.export --model stage2            # -> models/gguf/stage2/{model-Q4_K_M.gguf,Modelfile,schemas/}
     python -m stages.export --model stage3 --quant Q5_K_M
 
 `base` exports the untuned base model (`model.name`); `stageN` merges the adapter in models/stageN into it.
-Also writes metrics/export/<model>.json (sizes, fallback tensors, parity counts, step times).
+schemas/<task>.json beside the GGUF are the answers' JSON schemas (kospi_ft.json_schema), for guided decoding
+with Ollama (`format`) or llama-server (`json_schema`). Also writes metrics/export/<model>.json (sizes, fallback
+tensors, parity counts, step times).
 """
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ import argparse
 import typing
 
 from kospi_ft import atomic, params
-from kospi_ft.base_model import ModelParams, resolve_base
+from kospi_ft.base_model import load_params as load_model_params
+from kospi_ft.base_model import resolve_base
 from kospi_ft.errors import ParamsError
-from kospi_ft.export.chain import export_model
+from kospi_ft.export.chain import SCHEMAS, export_model
 from kospi_ft.export.config import ExportParams, ModelName
 from kospi_ft.export.ollama import ollama_model_name
 from kospi_ft.export.quantize import QUANT_TYPES
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = params.load("export", ExportParams, raw=raw, overrides={
         "quant": args.quant, "num_ctx": args.num_ctx, "temperature": args.temperature, "threads": args.threads})
     paths = params.load_paths(raw=raw)
-    base = resolve_base(params.load("model", ModelParams, raw=raw), paths.models_dir)
+    base = resolve_base(load_model_params(raw), paths.models_dir)
     if args.model not in cfg.models:
         raise ParamsError(f"params.yaml: export.models: {args.model!r} is not listed {cfg.models}")
     from kospi_ft.prompts import QUANT_SYSTEM_PROMPT
@@ -52,10 +55,13 @@ def main(argv: list[str] | None = None) -> None:
                           temperature=cfg.temperature,
                           threads=cfg.threads, parity_tokens=cfg.parity_tokens,
                           model_name=ollama_model_name(cfg.ollama_prefix, args.model), progress=not args.no_progress)
+    from kospi_ft.json_schema import write_schemas
+
+    schemas = write_schemas(out_dir / SCHEMAS)
     metrics = result.metrics()
     atomic.write_json(paths.export_metrics_dir / f"{args.model}.json", metrics)
     print(f"{args.model}: {result.gguf} ({metrics['gguf_bytes'] / 2**20:.1f} MiB, {metrics['file_type']}, "
-          f"{metrics['fallback_tensors']} fallback tensors), {result.modelfile}; parity ok "
+          f"{metrics['fallback_tensors']} fallback tensors), {result.modelfile}, {len(schemas)} schemas; parity ok "
           f"({metrics['parity_conversations']} chats, {metrics['parity_tokens']} tokens)")
 
 

@@ -19,6 +19,7 @@ import sys
 
 from kospi_ft import params, presets
 from kospi_ft.base_model import ModelParams, resolve_base
+from kospi_ft.base_model import load_params as load_model_params
 from kospi_ft.errors import ParamsError
 from kospi_ft.training import backends, distributed
 from kospi_ft.training.common import RunPaths
@@ -80,9 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     from kospi_ft.training.sft import SFTParams, Stage2Params, train_sft
 
     raw = params.read_raw(args.params)
-    model = params.load("model", ModelParams, raw=raw)
-    # A local base (embedded: models/base) is the project's, wherever the stage runs from.
-    model = model.model_copy(update={"name": params.local_dir_or_id(raw, model.name)})
+    model = load_model_params(raw)
     launch(raw, args, model, "stages.sft", argv)
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "max_seq_length", "lora_rank",
                                                "skip_stage1")}

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from kospi_ft.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(cfg.tokenizer)
+    # A local tokenizer dir is the project's, wherever the stage runs from; None: the embedded Qwen tokenizer.
+    tokenizer = load_tokenizer(cfg.tokenizer and params.local_dir_or_id(raw, cfg.tokenizer))
     result = hfdata.build(tables, cfg.ratios, cfg.total_samples, cfg.max_seq_length, cfg.seed,
                           cfg.fill_shortfall, functools.partial(hfdata.chat_token_lengths, tokenizer),
                           origins=origins, show_progress=True, eval_samples=cfg.eval_samples)

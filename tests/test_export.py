@@ -408,7 +408,12 @@ def test_export_stage_writes_outs_and_metrics(tmp_path, project_root, tiny_base,
     export_stage.main(["--model", "base", "--params", str(params_file), "--no-progress", "--num-ctx", "1024"])
     assert not any(d.exists() for d in stale) and kept.is_dir()
     out = tmp_path / "gguf" / "base"
-    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "model-Q8_0.gguf"]
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "model-Q8_0.gguf", "schemas"]
+    from kospi_ft.json_schema import schema_text
+    from kospi_ft.schema import TaskType
+
+    assert {p.name: p.read_text(encoding="utf-8") for p in (out / "schemas").iterdir()} == {
+        f"{t.value}.json": schema_text(t) for t in TaskType}
     assert "PARAMETER num_ctx 1024" in (out / "Modelfile").read_text(encoding="utf-8").splitlines()
     metrics = _json.loads((tmp_path / "metrics" / "base.json").read_text())
     assert metrics["file_type"] == "MOSTLY_Q8_0" and metrics["quant"] == "Q8_0"

@@ -872,6 +872,22 @@ def check_answer(task: TaskType, answer: Mapping[str, Any]) -> None:
         raise AssertionError(f"generated {task.value} answer breaks the rules: {problems}")
 
 
+def compose(task: TaskType, view, rng: Draws, fmt: str, scenario) -> tuple[str, Any, Any, str]:
+    """One record's user turn and reference answer on a chosen day's `view`: (user, built, view, template id).
+
+    The generator's steps after the day and stocks are drawn; `kospi_ft.answering` renders a question for a day of
+    the store through the same steps, so a model is asked as it was trained."""
+    breach = task is TaskType.RISK_MANAGEMENT and bool(rng.random() < 0.5)
+    ctx = make_context(view, rng, breach=breach)
+    built, view = _build(task, view, ctx, rng, scenario)
+    options = templates_for(task)
+    template_id, question = options[(rng.integers(len(options)))]
+    style = (rng.integers(CONTEXT_STYLES))
+    user = user_turn([render_context(ctx, style), render_market(view, fmt), built.extra,
+                      question.replace("{date}", view.date)])
+    return user, built, view, template_id
+
+
 def generate(count: int, *, seed: int, split: str = "train", start_date: dt.date = dt.date(2020, 1, 1),
              end_date: dt.date = dt.date(2025, 12, 31), store: MarketSnapshotStore | None = None,
              real_data_ratio: float = 0.0, progress: bool = False, validate: bool = True) -> list[dict[str, Any]]:
@@ -904,16 +920,9 @@ def generate(count: int, *, seed: int, split: str = "train", start_date: dt.date
         else:
             regime = REGIME_ORDER[(rng.integers(len(REGIME_ORDER)))]
             view = synthetic_view(regime, days[(rng.integers(len(days)))], pick, rng)
-        breach = task is TaskType.RISK_MANAGEMENT and bool(rng.random() < 0.5)
-        ctx = make_context(view, rng, breach=breach)
-        built, view = _build(task, view, ctx, rng, scenario)
+        user, built, view, template_id = compose(task, view, rng, fmt, scenario)
         if validate:
             check_answer(task, built.answer)
-        options = templates_for(task)
-        template_id, question = options[(rng.integers(len(options)))]
-        style = (rng.integers(CONTEXT_STYLES))
-        user = user_turn([render_context(ctx, style), render_market(view, fmt), built.extra,
-                          question.replace("{date}", view.date)])
         records.append(chat_record(user, built.answer, task, {
             "date": view.date, "regime": view.regime, "source": view.source, "format": fmt,
             "template": template_id, "split": split, **built.meta}))

@@ -11,6 +11,9 @@ seed, so the same model file gives the same replies, and therefore the same scor
   prompt's KV cache (`llama_session`).
 - `OllamaBackend`: POST /api/chat (stream off) on a running Ollama; models by name (`ollama create` first).
 - `HFBackend`: a HF model dir or hub id, plus a PEFT adapter dir when given (the training stages' outputs).
+
+`LlamaCppBackend` and `OllamaBackend` take a `schema` (a task's JSON schema, `kospi_ft.json_schema`) to decode
+guided by it: a llama.cpp grammar (`kospi_ft.grammar`), Ollama's `format`.
 """
 from __future__ import annotations
 
@@ -106,9 +109,12 @@ class LlamaCppBackend:
     def worker(self) -> dict:
         return self._session.info
 
-    def generate(self, messages: list[Message], max_new_tokens: int, seed: int | None = None) -> Generation:
+    def generate(self, messages: list[Message], max_new_tokens: int, seed: int | None = None,
+                 schema: dict | None = None) -> Generation:
+        """A reply; with `schema` (a task's JSON schema, kospi_ft.json_schema), decoded guided by its grammar."""
+        guided = {} if schema is None else {"schema": schema}
         self.last = self._session.request(op="generate", messages=messages, max_new_tokens=max_new_tokens,
-                                          seed=seed)
+                                          seed=seed, **guided)
         return Generation.from_reply(self.last)
 
     def close(self) -> None:
@@ -157,11 +163,14 @@ class OllamaBackend:
         except ValueError:
             raise PipelineError(f"ollama {method} {url}: response is not JSON: {payload[:200]!r}") from None
 
-    def generate(self, messages: list[Message], max_new_tokens: int, seed: int | None = None) -> Generation:
+    def generate(self, messages: list[Message], max_new_tokens: int, seed: int | None = None,
+                 schema: dict | None = None) -> Generation:
+        """A reply; with `schema` (a JSON schema), Ollama constrains decoding to it (`format`)."""
         body = {
             "model": self.model,
             "messages": messages,
             "stream": False,
+            **({} if schema is None else {"format": schema}),
             # temperature 0 is greedy in Ollama; the seed pins anything left to chance.
             "options": {"temperature": self.temperature or 0, "seed": self.seed if seed is None else seed,
                         "num_predict": max_new_tokens},

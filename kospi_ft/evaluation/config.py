@@ -74,12 +74,12 @@ class ModelLocator:
     def from_params(cls, raw: dict) -> "ModelLocator":
         """The locator for a params.yaml (`paths`, `export.quant`, `export.ollama_prefix`, `model.name`)."""
         from .. import params, presets
-        from ..base_model import ModelParams
+        from ..base_model import load_params as load_model_params
         from ..export.config import ExportParams
 
         paths = params.load_paths(raw=raw)
         export = params.load("export", ExportParams, raw=raw)
-        model = params.load("model", ModelParams, raw=raw)
+        model = load_model_params(raw)
         return cls(gguf_dir=paths.gguf_dir, models_dir=paths.models_dir, quant=export.quant,
                    ollama_prefix=export.ollama_prefix, hf_base=model.name, require_gpu=presets.is_real(raw),
                    hf_revision=model.revision)

@@ -52,6 +52,20 @@ class LlamaSession:
             template=self._llm.metadata["tokenizer.chat_template"], eos_token="", bos_token="",
             add_generation_prompt=False)
         self.prefix_tokens: list[int] = []  # the system prompt whose KV cache every prompt starts from
+        self._grammars: dict[str, object] = {}  # JSON schema text -> LlamaGrammar (a conversion takes ~0.1 s)
+
+    def grammar(self, schema: dict):
+        """The llama.cpp grammar guiding a reply to `schema` (kospi_ft.grammar), converted once per schema."""
+        import json
+
+        from llama_cpp import LlamaGrammar
+
+        from ..grammar import gbnf
+
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            self._grammars[key] = LlamaGrammar.from_string(gbnf(schema), verbose=False)
+        return self._grammars[key]
 
     def start_from_system_prompt(self, messages: list[Message]) -> int:
         """Leave exactly the system prompt's KV cache in place (decoding it, alone, when it is new); the number of
@@ -73,16 +87,20 @@ class LlamaSession:
         self._llm.n_tokens = len(tokens)  # drop the previous prompt and reply; the prefix's cache stays
         return 0
 
-    def generate(self, messages: list[Message], max_new_tokens: int, seed: int | None = None) -> dict:
+    def generate(self, messages: list[Message], max_new_tokens: int, seed: int | None = None,
+                 schema: dict | None = None) -> dict:
         """{text, latency_s, prompt_tokens, completion_tokens, prefix_tokens, prefix_s}: the one-time system prompt
-        decode (prefix_tokens decoded in prefix_s seconds, 0 when its cache was reused) counts in the latency."""
+        decode (prefix_tokens decoded in prefix_s seconds, 0 when its cache was reused) counts in the latency.
+        With `schema` (a JSON schema), decoding is guided by its grammar: every token keeps the reply a prefix of a
+        JSON text valid under it, and the end of text comes only once that text is complete."""
+        grammar = None if schema is None else self.grammar(schema)
         t0 = time.perf_counter()
         prefix = self.start_from_system_prompt(messages)
         prefix_s = time.perf_counter() - t0
         try:
             out = self._llm.create_chat_completion(
                 messages=messages, max_tokens=max_new_tokens, temperature=self.temperature, repeat_penalty=1.0,
-                seed=self.seed if seed is None else seed)
+                seed=self.seed if seed is None else seed, grammar=grammar)
         except ValueError as err:  # prompt longer than the context window
             raise PipelineError(f"{self.description}: {err} (raise evaluate.n_ctx)") from None
         latency = time.perf_counter() - t0

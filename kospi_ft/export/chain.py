@@ -31,6 +31,8 @@ from .quantize import QuantizeReport, quantize
 logger = logging.getLogger(__name__)
 
 MODELFILE = "Modelfile"
+#: Beside the GGUF: one JSON schema per task (kospi_ft.json_schema), for Ollama's `format` and llama-server.
+SCHEMAS = "schemas"
 
 
 def gguf_name(quant: str) -> str:

@@ -275,6 +275,12 @@ def release(trainer) -> None:
         trainer.model = trainer.model_wrapped = None
     gc.collect()
     if torch.cuda.is_available():
+        try:  # unsloth's offloaded checkpointing keeps its own GPU buffers, sized by the largest step seen
+            from unsloth_zoo.gradient_checkpointing import reset_unsloth_gradient_checkpointing_buffers
+
+            reset_unsloth_gradient_checkpointing_buffers()
+        except (ImportError, AttributeError):
+            pass
         torch.cuda.empty_cache()
 
 
@@ -291,12 +297,18 @@ def fit(build: Callable[[Layout], object], layouts: list[Layout], probe=probe_st
         apply(trainer, layout)
         if layout.chosen_by == "recipe" or (layout.chosen_by == "pinned" and len(layouts) == 1):
             return trainer, layout
+        out_of_memory = False
         try:
             peak = probe(trainer, layout.micro_batch)
         except Exception as err:  # noqa: BLE001 - only an out-of-memory moves on; anything else is raised
             if not is_out_of_memory(err):
                 raise
-            del err
+            out_of_memory = True
+        if out_of_memory:
+            # Outside the except clause, where the traceback (and the probe's tensors in its frames) is gone.
+            # H200, Stage 2 at a 16 GiB cap: after one out-of-memory every later notch ran out of memory too, the
+            # unsloth micro-batch 2 that needs 8.4 GiB alone included; unsloth's checkpointing buffers, sized by the
+            # failed step, are now reset as well (release).
             release(None)
             log.warning("layout micro_batch %d, checkpointing %s: out of GPU memory at the probe step; trying the "
                         "next one", layout.micro_batch, layout.checkpointing)

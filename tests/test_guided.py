@@ -1,0 +1,188 @@
+"""Guided decoding: the grammar's number ranges (kospi_ft.grammar), guided replies of the random-init tiny model
+(llama.cpp on its GGUF) that are valid answers, the guided-vs-free benchmark, and `python -m stages.ask`."""
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kospi_ft.errors import PipelineError
+from kospi_ft.grammar import FRACTION_DIGITS, range_rule
+from kospi_ft.json_schema import task_schema
+from kospi_ft.schema import schema_errors
+from model_fixtures import build_tiny_gguf, build_tiny_hf
+from test_synthetic import store  # noqa: F401  (the fixture: a 120-day snapshot store)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- number ranges, without llama.cpp -------------------------------------------------------------------------
+
+def _regex(body: str) -> re.Pattern:
+    """The GBNF of a range rule as a regex (it uses literals, classes, groups, ?, {m,n}, | and `space` only)."""
+    out, i = [], 0
+    while i < len(body):
+        if body[i] == '"':
+            j = body.index('"', i + 1)
+            out.append(re.escape(body[i + 1:j]))
+            i = j + 1
+        elif body[i] == "[":
+            j = body.index("]", i)
+            out.append(body[i:j + 1])
+            i = j + 1
+        elif body.startswith("space", i):
+            out.append(" ?")
+            i += 5
+        else:
+            out.append("" if body[i] == " " else body[i])
+            i += 1
+    return re.compile("".join(out))
+
+
+def _inside(schema: dict, text: str) -> bool:
+    """Whether `text` is a number the guided grammar should allow: in range, plain decimal notation."""
+    shape = r"-?(0|[1-9][0-9]{0,8})" + (rf"(\.[0-9]{{1,{FRACTION_DIGITS}}})?" if schema["type"] == "number" else "")
+    if not re.fullmatch(shape, text) or text.startswith("-") and decimal.Decimal(text) == 0:
+        return False
+    v, bound = decimal.Decimal(text), (lambda k: decimal.Decimal(repr(schema[k])))
+    return all([v >= bound("minimum") if "minimum" in schema else True,
+                v <= bound("maximum") if "maximum" in schema else True,
+                v > bound("exclusiveMinimum") if "exclusiveMinimum" in schema else True,
+                v < bound("exclusiveMaximum") if "exclusiveMaximum" in schema else True])
+
+
+NUMBERS = sorted({s for whole in ["0", "1", "2", "3", "5", "9", "10", "99", "100", "199", "200", "201", "999",
+                                  "1000", "1001", "5000"]
+                  for s in [whole, *(f"{whole}.{f}" for f in ["0", "00", "0000", "1", "05", "3", "30", "3001",
+                                                              "9999", "00001"])]})
+NUMBERS += [f"-{n}" for n in NUMBERS] + ["01", "-0", "00.5", "1e3", "1.", "."]
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "number", "minimum": 0.0, "maximum": 1.0},                       # Fraction
+    {"type": "number", "minimum": -1.0, "maximum": 1.0},                      # Signed
+    {"type": "number", "exclusiveMinimum": -1.0, "exclusiveMaximum": 0.0},    # stop_loss
+    {"type": "number", "exclusiveMinimum": 0.0, "maximum": 1.0},              # take_profit
+    {"type": "number", "exclusiveMinimum": 0.0, "maximum": 1000.0},           # per
+    {"type": "number", "minimum": -0.3, "maximum": 0.3},                      # expected_gap
+    {"type": "number", "minimum": -1.0, "maximum": 0.0},                      # current_drawdown
+    {"type": "number", "minimum": -1.0},                                      # return_pct
+    {"type": "number", "exclusiveMinimum": 0.0},                              # price
+    {"type": "integer", "minimum": 0, "maximum": 9},                          # f_score
+    {"type": "integer", "minimum": 1},                                        # step
+])
+def test_range_rule_spells_exactly_the_numbers_inside(schema):
+    rule = _regex(range_rule(schema))
+    wrong = [n for n in NUMBERS if bool(rule.fullmatch(n)) != _inside(schema, n)]
+    assert wrong == [], (schema, wrong[:10])
+
+
+def test_every_bound_of_the_schemas_is_carried_by_the_grammar():
+    """No number or integer range of any task falls back to a plain number."""
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("type") in ("number", "integer") and set(node) & {"minimum", "maximum", "exclusiveMinimum",
+                                                                          "exclusiveMaximum"}:
+                assert range_rule(node) is not None, node
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    from kospi_ft.schema import TaskType
+
+    for task in TaskType:
+        walk(task_schema(task))
+
+
+def test_prompt_for_a_date_is_the_generators(store):  # noqa: F811
+    from kospi_ft.answering import prompt_for_date
+    from kospi_ft.prompts import QUANT_SYSTEM_PROMPT
+
+    day = store.dates[-1]
+    messages = prompt_for_date(store, day, "what_if", seed=1)
+    assert [m["role"] for m in messages] == ["system", "user"] and messages[0]["content"] == QUANT_SYSTEM_PROMPT
+    assert day.isoformat() in messages[1]["content"] and "[충격 시나리오]" in messages[1]["content"]
+    assert prompt_for_date(store, day, "what_if", seed=1) == messages          # the seed fixes the prompt
+    with pytest.raises(PipelineError, match=r"--date 2020-01-01: .*not a trading day.*store's days"):
+        prompt_for_date(store, dt.date(2020, 1, 1), "what_if")
+
+
+# ---- llama.cpp on the tiny random-init GGUF --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory) -> Path:
+    hf_dir, _ = build_tiny_hf(tmp_path_factory.mktemp("base"))
+    return build_tiny_gguf(hf_dir, tmp_path_factory.mktemp("gguf"))
+
+
+@pytest.fixture(scope="module")
+def prompt() -> list[dict]:
+    from kospi_ft.data.synthetic import generate
+
+    record = next(r for r in generate(24, seed=9, split="eval") if r["task"] == "regime_classification")
+    return record["messages"][:2]
+
+
+def test_guided_reply_of_a_random_model_is_a_valid_answer(tiny_gguf, prompt):
+    """A random-init model's free reply is gibberish; guided by the task's schema it is a valid answer (it ends
+    once the JSON is complete, well inside the token cap)."""
+    from kospi_ft.evaluation.backends import LlamaCppBackend
+
+    backend = LlamaCppBackend(tiny_gguf, seed=0, n_ctx=4096, n_threads=1)
+    try:
+        free = backend.generate(prompt, 24)
+        guided = backend.generate(prompt, 2000, schema=task_schema("regime_classification"))
+    finally:
+        backend.close()
+    assert schema_errors("regime_classification", free.text)
+    assert guided.completion_tokens < 2000
+    answer = json.loads(guided.text)
+    assert schema_errors("regime_classification", answer) == [], guided.text[:500]
+
+
+def test_bench_guided_runs(tiny_gguf, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_guided
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    result = bench_guided.main(["--gguf", str(tiny_gguf), "--records", "1", "--max-new-tokens", "8"])
+    out = capsys.readouterr().out
+    assert "free:" in out and "guided:" in out and "ratio guided/free:" in out
+    assert result["free"]["tokens"] > 0 and result["guided"]["tokens"] > 0 and result["ratio"] > 0
+
+
+def _ask(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stages.ask", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_ask_prints_a_valid_answer(tiny_gguf, prompt, tmp_path):
+    question = tmp_path / "question.txt"
+    question.write_text(prompt[1]["content"], encoding="utf-8")
+    proc = _ask(str(tiny_gguf), "--task", "regime_classification", "--prompt-file", str(question),
+                "--threads", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert schema_errors("regime_classification", json.loads(proc.stdout)) == []
+    assert "loading " in proc.stderr and "loaded in " in proc.stderr
+
+
+def test_ask_names_what_failed(tiny_gguf, tmp_path):
+    proc = _ask(str(tmp_path / "none.gguf"), "--task", "what_if", "--prompt-file", str(tmp_path / "q.txt"))
+    assert proc.returncode == 2 and "q.txt: cannot read it" in proc.stderr
+    (tmp_path / "q.txt").write_text("질문", encoding="utf-8")
+    proc = _ask(str(tmp_path / "none.gguf"), "--task", "what_if", "--prompt-file", str(tmp_path / "q.txt"))
+    assert proc.returncode == 2 and "none.gguf: GGUF not found" in proc.stderr
+    proc = _ask(str(tiny_gguf), "--task", "what_if", "--prompt-file", str(tmp_path / "q.txt"), "--threads", "1",
+                "--max-new-tokens", "5", "--no-progress")
+    assert proc.returncode == 2 and "reply is not JSON" in proc.stderr and "raise it" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert _ask("--help").returncode == 0
