@@ -167,8 +167,8 @@ case $PHASE in
   layout)
     # train.layout auto against today's recipe, each stage uncapped and capped to 24 / 16 GiB
     # (train.memory_limit_gib): benchmarks/results/h200-7b-auto-layout.jsonl. Three calls: LAYOUT_PART=1 (Stage 1),
-    # 2 (Stage 2 and its anchor, DPO's recipe from the Stage 2 adapter part 2 saves), 3 (DPO auto).
-    start_cuda_build  # for a later evaluate call on the same machine
+    # 2 (Stage 2 capped, its anchor and recipe), 3 (DPO: recipe and auto). No CUDA llama.cpp build in the
+    # background here: its 16 compiler processes would share the CPU with the runs being timed.
     make_base
     if [ ! -f "$WORK/data/dpo/pairs.jsonl" ]; then
       $E2E prepare "$WORK" --model /tmp/m7b && $E2E repro "$WORK" market snapshots synthesize stage2_data \
@@ -185,14 +185,16 @@ case $PHASE in
       step $AUTO --stage stage1 --records 900 --layout recipe
       for cap in "" 24 16; do step $AUTO --stage stage1 --records 900 ${cap:+--cap $cap}; done
     elif [ "$LAYOUT_PART" = 2 ]; then
+      # Stage 2 capped: today's recipe (which no cap changes) and auto at 24 and 16 GiB, where the recompute-free
+      # layout fits only micro-batch 1 and is raced against unsloth's recompute at a larger one.
       step $A --seq 4096
-      step $AUTO $S2 --adapter-out /tmp/layout-s2
+      step $AUTO $S2 --layout recipe
       for cap in 24 16; do step $AUTO $S2 --cap $cap; done
-      step $AUTO $DP --layout recipe
     else
-      # A fresh machine has no Stage 2 adapter yet: one step of Stage 2 writes one (DPO's speed does not depend on
-      # the adapter's values).
+      # DPO: today's recipe and auto uncapped, 24 and 16 GiB. A fresh machine has no Stage 2 adapter yet: one step
+      # of Stage 2 writes one (DPO's speed does not depend on the adapter's values).
       [ -f /tmp/layout-s2/adapter_config.json ] || step $AUTO $S2 --steps 1 --adapter-out /tmp/layout-s2
+      step $AUTO $DP --layout recipe
       for cap in "" 24 16; do step $AUTO $DP ${cap:+--cap $cap}; done
     fi
     cat "$RES"/auto-layout-runs*.jsonl > /tmp/auto-all.jsonl 2>/dev/null

@@ -155,13 +155,7 @@ def bench_sft(args) -> dict:
     from kospi_ft.training.sft import (SFTParams, build_sft_trainer, count_label_tokens, load_conversations,
                                        row_lengths)
 
-    import yaml  # PyYAML (a transformers dependency): the GPU image has no ruamel
-
-    from kospi_ft import presets
-
     # The real preset's Stage 1 (or --section stage2) section, shortened to a few steps.
-    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text(encoding="utf-8"))
-    stage1 = presets.applied(raw, "real")[args.section]
     overrides = {"epochs": 1, "max_steps": args.steps, "save_steps": 10_000, "logging_steps": 1}
     for flag, key in (("seq", "max_seq_length"), ("bs", "batch_size"), ("grad_accum", "grad_accum"),
                       ("packing", "packing_strategy")):
@@ -169,7 +163,8 @@ def bench_sft(args) -> dict:
             overrides[key] = getattr(args, flag)
     # The section as it runs, less what only the stage's own command reads (Stage 2's skip_stage1); no held-out
     # split is passed, so the measurement has no evaluation in it.
-    params = SFTParams.model_validate({k: v for k, v in {**stage1, **overrides}.items() if k in SFTParams.model_fields})
+    section = real_section(args.section, overrides)
+    params = SFTParams.model_validate({k: v for k, v in section.items() if k in SFTParams.model_fields})
     tmp = Path(tempfile.mkdtemp())
     clock = step_clock()
     t0 = time.perf_counter()

@@ -90,8 +90,8 @@ def _open_backend(model: str, backend: str | None, raw: dict, *, seed: int, thre
     cfg = params.load("evaluate", EvaluateParams, raw=raw)
     gguf = locator.gguf(model)
     if backend is None:
-        pipeline = model == "base" or model.startswith("stage")
-        backend = "llamacpp" if model.endswith(".gguf") or pipeline or gguf.is_file() else "ollama"
+        local = model.endswith(".gguf") or locator.is_pipeline(model) or gguf.is_file()
+        backend = "llamacpp" if local else "ollama"
     if backend not in ("llamacpp", "ollama"):
         raise PipelineError(f"--backend {backend}: ask decodes guided with llamacpp or ollama")
     update: dict[str, Any] = {"backend": backend, "seed": seed}

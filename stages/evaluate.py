@@ -72,7 +72,7 @@ def _run_one(cfg: EvaluateParams, locator: ModelLocator, ref: str, records: list
 
 def _has_hf_weights(cfg: EvaluateParams, locator: ModelLocator, ref: str) -> bool:
     """False when `ref` names a model the likelihood metrics cannot load: an Ollama model or a GGUF file."""
-    if ref == "base" or ref.startswith("stage"):
+    if locator.is_pipeline(ref):
         return True  # the pipeline's models: models/base and its adapters (or model.name)
     model, adapter = locator.hf(ref)
     return adapter is not None or Path(model).is_dir() or not (cfg.backend == "ollama" or ref.endswith(".gguf"))

@@ -79,3 +79,29 @@ def dvc(cwd: Path, *args: str, check: bool = True):
     if check and r.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory) -> str:
+    """The tiny random-init Qwen2 (real tokenizer) the CPU training tests train on, built once per module."""
+    from model_fixtures import build_tiny_hf
+
+    return str(build_tiny_hf(tmp_path_factory.mktemp("base"))[0])
+
+
+@pytest.fixture(scope="module")
+def stage2_dir(base_dir, tmp_path_factory) -> Path:
+    """A Stage 2 adapter far from the base (random A and B), so reference == base vs == Stage 2 is visible and DPO's
+    policy and reference both carry weights."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from kospi_ft.training import backends
+
+    out = tmp_path_factory.mktemp("stage2") / "stage2"
+    torch.manual_seed(5)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(
+        r=8, lora_alpha=16, target_modules=list(backends.TARGET_MODULES), init_lora_weights=False))
+    model.save_pretrained(out)
+    return out

@@ -17,14 +17,8 @@ from safetensors.torch import load_file
 
 from kospi_ft.training import checkpoints
 
-from model_fixtures import build_tiny_hf
 
 DRIVER = Path(__file__).parent / "killable_training.py"
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory) -> str:
-    return str(build_tiny_hf(tmp_path_factory.mktemp("base"))[0])
 
 
 def run(base_dir: str, root: Path, mode: str, *extra: str) -> subprocess.CompletedProcess:

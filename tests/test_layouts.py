@@ -17,7 +17,6 @@ from kospi_ft.training.dpo import DPOParams, train_dpo
 from kospi_ft.training.layouts import GIB, Layout, TrainSetup
 from kospi_ft.training.sft import SFTParams, build_sft_trainer, load_conversations, train_sft
 
-from model_fixtures import build_tiny_hf
 
 FIXTURES = Path(__file__).parent / "fixtures" / "training"
 # An effective batch of 4 rows (pairs) per optimizer step, split three ways below.
@@ -26,27 +25,6 @@ SFT = dict(epochs=1, lr=1e-3, batch_size=1, grad_accum=4, max_steps=3, max_seq_l
 DPO = dict(epochs=1, lr=1e-3, batch_size=1, grad_accum=4, max_steps=2, max_seq_length=256, warmup_ratio=0.0,
            save_steps=1, eval_steps=1, seed=3)
 SPLITS = (1, 2, 4)
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory) -> str:
-    return str(build_tiny_hf(tmp_path_factory.mktemp("base"))[0])
-
-
-@pytest.fixture(scope="module")
-def stage2_dir(base_dir, tmp_path_factory) -> Path:
-    """A Stage 2 adapter away from the base, so DPO's policy and reference both carry weights."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from kospi_ft.training import backends
-
-    out = tmp_path_factory.mktemp("stage2") / "stage2"
-    torch.manual_seed(5)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(
-        r=8, lora_alpha=16, target_modules=list(backends.TARGET_MODULES), init_lora_weights=False))
-    model.save_pretrained(out)
-    return out
 
 
 def run_paths(root: Path, name: str) -> RunPaths:
@@ -191,13 +169,14 @@ def test_an_out_of_memory_at_the_probe_falls_back_one_notch_and_rebuilds_only_fo
         probed.append((trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps))
         if len(probed) < 3:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return 9.5
+        return layouts.Probe(9.5, micro_batch * 2048)
 
     trainer, chosen = layouts.fit(build, options, probe=probe)
     assert probed == [(2, 8), (1, 16), (16, 1)]
     assert built == ["off", "unsloth"]
     assert (chosen.checkpointing, chosen.micro_batch, chosen.fallbacks, chosen.probe_peak_gib) == \
         ("unsloth", 16, 2, 9.5)
+    assert chosen.rival is None  # nothing to race: the recompute-free layouts did not fit
 
     def never(trainer, micro_batch):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
@@ -210,6 +189,43 @@ def test_an_out_of_memory_at_the_probe_falls_back_one_notch_and_rebuilds_only_fo
 
     with pytest.raises(ValueError, match="a bug"):
         layouts.fit(build, options, probe=broken)
+
+
+@pytest.mark.parametrize("recompute_faster", [False, True])
+def test_recompute_at_a_larger_micro_batch_is_raced_against_the_recompute_free_winner(recompute_faster):
+    """Stage 1 at 24 GiB: off fits micro-batch 2, unsloth's recompute 16. Each gets one more, timed probe step and
+    the faster trains; an unsloth notch that runs out of memory in the race falls back as usual."""
+    options = auto(seven_b(2048), 24, rows=16)
+    # Seconds per probe step: off x2 (4,096 tokens) and unsloth x8 (16,384 tokens).
+    seconds = {("off", 2): 0.30, ("unsloth", 8): 1.0 if recompute_faster else 1.5}
+    now, built, probed = [0.0], [], []
+
+    def build(layout):
+        built.append(layout.checkpointing)
+        return SimpleNamespace(args=SimpleNamespace(), model=None, model_wrapped=None)
+
+    def probe(trainer, micro_batch):
+        mode = built[-1]
+        probed.append((mode, micro_batch))
+        if (mode, micro_batch) == ("unsloth", 16):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        now[0] += seconds[mode, micro_batch]
+        return layouts.Probe(5.0, micro_batch * 2048)
+
+    trainer, chosen = layouts.fit(build, options, probe=probe, clock=lambda: now[0])
+    assert probed == [("off", 2), ("off", 2), ("unsloth", 16), ("unsloth", 8), ("unsloth", 8)]
+    off_speed, unsloth_speed = round(4096 / 0.30), round(16384 / seconds["unsloth", 8])
+    if recompute_faster:  # 16,384 tok/s against 13,653: the trainer built for the race trains
+        assert built == ["off", "unsloth"]
+        assert (chosen.checkpointing, chosen.micro_batch, chosen.grad_accum) == ("unsloth", 8, 2)
+        assert chosen.probe_tokens_per_s == unsloth_speed
+        assert chosen.rival == {"micro_batch": 2, "checkpointing": "off", "probe_tokens_per_s": off_speed}
+    else:  # 10,923 tok/s: off wins and is built again
+        assert built == ["off", "unsloth", "off"]
+        assert (chosen.checkpointing, chosen.micro_batch, chosen.grad_accum) == ("off", 2, 8)
+        assert chosen.probe_tokens_per_s == off_speed
+        assert chosen.rival == {"micro_batch": 8, "checkpointing": "unsloth", "probe_tokens_per_s": unsloth_speed}
+    assert chosen.fallbacks == 1 and trainer.args.per_device_train_batch_size == chosen.micro_batch
 
 
 def test_the_probe_step_leaves_weights_gradients_and_rng_as_they_were(base_dir, tmp_path):
@@ -229,8 +245,12 @@ def test_the_probe_step_leaves_weights_gradients_and_rng_as_they_were(base_dir, 
         return original(model, inputs, *a, **kw)
 
     trainer.compute_loss = counting
-    assert layouts.probe_step(trainer, 2) == 0.0  # no CUDA: nothing to measure, but the step ran
+    probed = layouts.probe_step(trainer, 2)
+    assert probed.peak_gib == 0.0  # no CUDA: nothing to measure, but the step ran
     assert len(calls) == 1 and calls[0] > 0
+    # The tokens it reports are those of the two longest rows (the collator pads to the longest of them).
+    lengths = sorted(layouts._row_lengths(trainer.train_dataset), reverse=True)
+    assert probed.tokens == lengths[0] + lengths[1] and probed.tokens <= calls[0]
     assert torch.equal(torch.random.get_rng_state(), rng)
     for name, p in trainer.model.named_parameters():
         if p.requires_grad:

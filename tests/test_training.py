@@ -19,16 +19,10 @@ from kospi_ft.training.dpo import LN2, DPOParams, build_dpo_trainer, load_pairs,
 from kospi_ft.training.sft import (SFTParams, Stage2Params, build_sft_trainer, count_label_tokens,
                                   load_conversations, row_batches, train_sft)
 
-from model_fixtures import build_tiny_hf
 
 FIXTURES = Path(__file__).parent / "fixtures" / "training"
 # Small and fast; no warmup, so every step moves the weights (a 10% warmup makes step 1 run at lr 0).
 SFT = dict(epochs=1, lr=1e-3, batch_size=1, max_seq_length=256, warmup_ratio=0.0, save_steps=2, eval_steps=2, seed=3)
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory) -> str:
-    return str(build_tiny_hf(tmp_path_factory.mktemp("base"))[0])
 
 
 def run_paths(root: Path, name: str, live: bool = True) -> RunPaths:
@@ -311,20 +305,6 @@ def test_early_stopping_params_are_checked():
 
 
 # --- DPO ---------------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def stage2_dir(base_dir, tmp_path_factory) -> Path:
-    """A Stage 2 adapter far from the base (random A and B), so reference == base vs == Stage 2 is visible."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    out = tmp_path_factory.mktemp("stage2") / "stage2"
-    torch.manual_seed(5)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(
-        r=8, lora_alpha=16, target_modules=list(backends.TARGET_MODULES), init_lora_weights=False))
-    model.save_pretrained(out)
-    return out
-
 
 def dpo_first_step(base_dir, stage2_dir, root, drop_ref=False):
     trainer = build_dpo_trainer(

@@ -84,6 +84,12 @@ class ModelLocator:
                    ollama_prefix=export.ollama_prefix, hf_base=model.name, require_gpu=presets.is_real(raw),
                    hf_revision=model.revision)
 
+    @staticmethod
+    def is_pipeline(ref: str) -> bool:
+        """Whether `ref` names one of the pipeline's models (base, stage1, stage2, stage3), not a file or an
+        Ollama model of the user's."""
+        return ref == "base" or ref.startswith("stage")
+
     def gguf(self, ref: str) -> Path:
         from ..export.chain import gguf_name
 
@@ -92,7 +98,7 @@ class ModelLocator:
     def ollama_name(self, ref: str) -> str:
         from ..export.ollama import ollama_model_name
 
-        return ollama_model_name(self.ollama_prefix, ref) if ref == "base" or ref.startswith("stage") else ref
+        return ollama_model_name(self.ollama_prefix, ref) if self.is_pipeline(ref) else ref
 
     def hf(self, ref: str) -> tuple[str, Path | None]:
         """(model, adapter or None) for the HF backend."""

@@ -174,9 +174,9 @@ def trainer_arguments(params: TrainParams, backend: str, checkpoint_dir: Path, e
 
 def recipe_layout(params: TrainParams, backend: str) -> "Layout":
     """Today's recipe (micro-batch = batch_size, the backend's checkpointing), pins applied."""
-    from .layouts import TrainSetup, candidates
+    from .layouts import TrainSetup, candidates, rows_per_process
 
-    rows = params.batch_size * distributed.per_process_grad_accum(params.grad_accum)
+    rows = rows_per_process(params.batch_size, params.grad_accum, distributed.world_size())
     return candidates(rows=rows, batch_size=params.batch_size, setup=TrainSetup(), micro_batch=params.micro_batch,
                       checkpointing=params.checkpointing, backend=backend, cuda=backends.cuda_available())[0]
 

@@ -115,13 +115,11 @@ def build_fitted(params: DPOParams, *, setup: TrainSetup | None, model_name: str
                            model_name=model_name, load_in_4bit=load_in_4bit, revision=revision,
                            lora_rank=adapter.get("r") or 32, lora_modules=adapter.get("target_modules") or (),
                            tokens_per_row=2 * params.max_seq_length, adapters=2)
-    trainer, layout = layouts.fit(lambda layout: build_dpo_trainer(
+    return layouts.fitted(lambda layout: build_dpo_trainer(
         params, model_name=model_name, backend=backend, load_in_4bit=load_in_4bit, data=data,
         stage2_adapter=stage2_adapter, paths=paths, callbacks=callbacks, eval_data=eval_data,
-        resume=resume_from is not None, revision=revision, layout=layout), options)
-    trainer.layout = layout
-    layouts.record(paths.checkpoint_dir, layout, 0 if resume_from is None else checkpoints.step_of(resume_from))
-    return trainer
+        resume=resume_from is not None, revision=revision, layout=layout), options, paths.checkpoint_dir,
+        resume_from)
 
 
 def reference_is_policy(trainer) -> bool:

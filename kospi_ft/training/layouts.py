@@ -13,15 +13,19 @@ between a run and its resume (tests/test_layouts.py shows equal losses and adapt
   produce) before training. An out-of-memory there falls back one notch on its own. Without recomputation a QLoRA
   step costs ~4N FLOPs per token instead of ~6N: measured 1.41-1.56x unsloth's recipe on an H200 (issue table in
   README). Order of the notches: checkpointing off at the largest micro-batch that divides the effective batch, down
-  to 1, then the backend's checkpointing, again from the largest micro-batch.
+  to 1, then the backend's checkpointing, again from the largest micro-batch. When recomputation fits a larger
+  micro-batch than the recompute-free winner, the two are raced: one more timed probe step each, and the faster
+  one trains (H200, Stage 2 at 24 GiB: off fits only micro-batch 1, where the GPU is underfed).
 - A stage's `micro_batch` / `checkpointing` pin the layout and win over both.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -70,6 +74,8 @@ class Layout:
     budget_gib: float | None = None
     probe_peak_gib: float | None = None
     fallbacks: int = 0  # notches given up after an out-of-memory at the probe
+    probe_tokens_per_s: float | None = None  # the timed probe step, when two layouts were raced
+    rival: dict | None = None  # the raced layout that lost: micro_batch, checkpointing, probe_tokens_per_s
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -193,17 +199,28 @@ def candidates(*, rows: int, batch_size: int, setup: TrainSetup, micro_batch: in
     return fitting or rest[-1:]
 
 
-def probe_step(trainer, micro_batch: int) -> float:
+@dataclass(frozen=True)
+class Probe:
+    """What one probe step measured: peak GiB allocated (0 without CUDA) and the tokens it trained on."""
+
+    peak_gib: float
+    tokens: int
+
+
+def probe_step(trainer, micro_batch: int) -> Probe:
     """One forward + backward of the largest micro-batch the training data can produce (the `micro_batch` longest
-    rows), without an optimizer step and with the RNG state restored; returns the peak GiB allocated (CUDA) or 0.
+    rows), without an optimizer step and with the RNG state restored.
 
     The gradients it leaves are dropped, so the first training step starts from the same state as without it."""
     import torch
 
+    import numpy as np
+
     dataset = trainer.train_dataset
     lengths = _row_lengths(dataset)
-    longest = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))[:micro_batch]
-    batch = trainer.data_collator([dataset[i] for i in longest])
+    # Stable: among rows of equal length the first ones, so the same data probes the same rows.
+    longest = np.argsort(-lengths, kind="stable")[:micro_batch]
+    batch = trainer.data_collator([dataset[int(i)] for i in longest])
     model = trainer.model
     was_training = model.training
     model.train()
@@ -215,7 +232,7 @@ def probe_step(trainer, micro_batch: int) -> float:
         with torch.random.fork_rng(devices=devices):
             inputs = trainer._prepare_inputs(batch)
             autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and trainer.args.bf16
-                        else _nothing())
+                        else contextlib.nullcontext())
             with autocast:
                 loss = trainer.compute_loss(model, inputs)
             loss.backward()
@@ -223,27 +240,25 @@ def probe_step(trainer, micro_batch: int) -> float:
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
+    tokens = int(lengths[longest].sum())
     if not cuda:
-        return 0.0
+        return Probe(0.0, tokens)
+    torch.cuda.synchronize()  # the backward is asynchronous: a timed probe ends when the GPU is done
     peak = torch.cuda.max_memory_allocated() / GIB
     torch.cuda.reset_peak_memory_stats()
-    return peak
+    return Probe(peak, tokens)
 
 
-class _nothing:
-    def __enter__(self):
-        return self
+def _row_lengths(dataset):
+    """Tokens per training row (DPO: prompt + the longer answer) as a numpy array, from the tokenized columns."""
+    import numpy as np
 
-    def __exit__(self, *exc):
-        return False
+    if "input_ids" in dataset.column_names:
+        from .sft import row_lengths  # counted in Arrow: Stage 1 holds ~10^5 rows
 
-
-def _row_lengths(dataset) -> list[int]:
-    """Tokens per training row (DPO: prompt + the longer answer), from the tokenized dataset's columns."""
-    cols = dataset.column_names
-    if "input_ids" in cols:
-        return [len(x) for x in dataset["input_ids"]]
-    return [p + max(c, r) for p, c, r in zip(*dpo_lengths(dataset))]
+        return row_lengths(dataset)
+    prompt, chosen, rejected = (np.asarray(x) for x in dpo_lengths(dataset))
+    return prompt + np.maximum(chosen, rejected)
 
 
 def dpo_lengths(dataset) -> tuple[list[int], list[int], list[int]]:
@@ -284,44 +299,111 @@ def release(trainer) -> None:
         torch.cuda.empty_cache()
 
 
-def fit(build: Callable[[Layout], object], layouts: list[Layout], probe=probe_step):
+class _Built:
+    """The trainer of one checkpointing mode; a layout of another mode rebuilds it (unsloth applies checkpointing
+    when the adapter is attached), a layout that only changes the micro-batch reuses it."""
+
+    def __init__(self, build: Callable[[Layout], object]):
+        self.build, self.trainer, self.mode = build, None, None
+
+    def get(self, layout: Layout):
+        if self.trainer is None or layout.checkpointing != self.mode:
+            self.drop()
+            self.trainer, self.mode = self.build(layout), layout.checkpointing
+        apply(self.trainer, layout)
+        return self.trainer
+
+    def drop(self) -> None:
+        release(self.trainer)
+        self.trainer = self.mode = None
+
+
+def _probe(probe, trainer, layout: Layout) -> Probe | None:
+    """The probe's result, or None on an out-of-memory; any other error is raised."""
+    try:
+        return probe(trainer, layout.micro_batch)
+    except Exception as err:  # noqa: BLE001 - only an out-of-memory moves on; anything else is raised
+        if not is_out_of_memory(err):
+            raise
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    # Outside the except clause, where the traceback (and the probe's tensors in its frames) is gone. H200, Stage 2
+    # at a 16 GiB cap: after one out-of-memory every later notch ran out of memory too, the unsloth micro-batch 2
+    # that needs 8.4 GiB alone included; unsloth's checkpointing buffers, sized by the failed step, are now reset
+    # as well (release).
+    release(None)
+    log.warning("layout micro_batch %d, checkpointing %s: out of GPU memory at the probe step (%s); trying the "
+                "next one", layout.micro_batch, layout.checkpointing, message)
+    return None
+
+
+def fit(build: Callable[[Layout], object], layouts: list[Layout], probe=probe_step, clock=time.perf_counter):
     """Build the trainer for the first layout whose probe step fits; returns (trainer, layout that runs).
 
-    A layout that only changes the micro-batch reuses the built trainer; a change of checkpointing rebuilds it
-    (unsloth applies checkpointing when the adapter is attached)."""
-    trainer, built = None, None
-    for n, layout in enumerate(layouts):
-        if trainer is None or layout.checkpointing != built.checkpointing:
-            release(trainer)
-            trainer, built = build(layout), layout
-        apply(trainer, layout)
-        if layout.chosen_by == "recipe" or (layout.chosen_by == "pinned" and len(layouts) == 1):
-            return trainer, layout
-        out_of_memory = False
-        try:
-            peak = probe(trainer, layout.micro_batch)
-        except Exception as err:  # noqa: BLE001 - only an out-of-memory moves on; anything else is raised
-            if not is_out_of_memory(err):
-                raise
-            out_of_memory = True
-        if out_of_memory:
-            # Outside the except clause, where the traceback (and the probe's tensors in its frames) is gone.
-            # H200, Stage 2 at a 16 GiB cap: after one out-of-memory every later notch ran out of memory too, the
-            # unsloth micro-batch 2 that needs 8.4 GiB alone included; unsloth's checkpointing buffers, sized by the
-            # failed step, are now reset as well (release).
-            release(None)
-            log.warning("layout micro_batch %d, checkpointing %s: out of GPU memory at the probe step; trying the "
-                        "next one", layout.micro_batch, layout.checkpointing)
-            continue
-        layout = dataclasses.replace(layout, probe_peak_gib=round(peak, 2), fallbacks=n)
-        log.info("layout: micro_batch %d x grad_accum %d, checkpointing %s (%s; probe peak %.1f GiB, predicted "
-                 "%.1f of %.1f GiB)", layout.micro_batch, layout.grad_accum, layout.checkpointing,
-                 layout.chosen_by, peak, layout.predicted_peak_gib or 0, layout.budget_gib or 0)
-        return trainer, layout
-    release(trainer)
-    last = layouts[-1]
-    raise PipelineError(f"out of GPU memory at micro_batch {last.micro_batch} with checkpointing "
-                        f"{last.checkpointing} ({last.budget_gib} GiB usable): lower max_seq_length, or free the GPU")
+    If a layout of the other checkpointing mode fits a larger micro-batch, the first one of those that fits is
+    raced against it (a second, timed probe step each; the first one compiles and warms the kernels) and the
+    faster one runs."""
+    built = _Built(build)
+    first = layouts[0]
+    if first.chosen_by == "recipe" or (first.chosen_by == "pinned" and len(layouts) == 1):
+        return built.get(first), first
+    gave_up = 0
+
+    def first_fit(options: list[Layout]) -> tuple[int, Layout | None]:
+        nonlocal gave_up
+        for n, layout in enumerate(options):
+            result = _probe(probe, built.get(layout), layout)
+            if result is not None:
+                return n, dataclasses.replace(layout, probe_peak_gib=round(result.peak_gib, 2))
+            gave_up += 1
+        return len(options), None
+
+    def speed(layout: Layout) -> float:
+        trainer = built.get(layout)
+        start = clock()
+        result = _probe(probe, trainer, layout)
+        return 0.0 if result is None else result.tokens / max(clock() - start, 1e-9)
+
+    n, winner = first_fit(layouts)
+    if winner is None:
+        built.drop()
+        last = layouts[-1]
+        raise PipelineError(f"out of GPU memory at micro_batch {last.micro_batch} with checkpointing "
+                            f"{last.checkpointing} ({last.budget_gib} GiB usable): lower max_seq_length, or free "
+                            f"the GPU")
+    rivals = [x for x in layouts[n + 1:]
+              if x.checkpointing != winner.checkpointing and x.micro_batch > winner.micro_batch]
+    if rivals:
+        winner_speed = speed(winner)
+        _, rival = first_fit(rivals)
+        if rival is not None:
+            rival_speed = speed(rival)
+            if rival_speed > winner_speed:
+                winner, rival, winner_speed, rival_speed = rival, winner, rival_speed, winner_speed
+            winner = dataclasses.replace(winner, rival={
+                "micro_batch": rival.micro_batch, "checkpointing": rival.checkpointing,
+                "probe_tokens_per_s": round(rival_speed)})
+        winner = dataclasses.replace(winner, probe_tokens_per_s=round(winner_speed))
+    layout = dataclasses.replace(winner, fallbacks=gave_up)
+    trainer = built.get(layout)
+    log.info("layout: micro_batch %d x grad_accum %d, checkpointing %s (%s; probe peak %.1f GiB, predicted "
+             "%.1f of %.1f GiB%s)", layout.micro_batch, layout.grad_accum, layout.checkpointing, layout.chosen_by,
+             layout.probe_peak_gib or 0, layout.predicted_peak_gib or 0, layout.budget_gib or 0,
+             "" if layout.rival is None else
+             f"; {layout.probe_tokens_per_s:.0f} tok/s against {layout.rival['probe_tokens_per_s']} tok/s at "
+             f"micro_batch {layout.rival['micro_batch']}, checkpointing {layout.rival['checkpointing']}")
+    return trainer, layout
+
+
+def fitted(build: Callable[[Layout], object], layouts: list[Layout], checkpoint_dir: Path,
+           resume_from: str | None):
+    """`fit`, with the layout that runs kept on `trainer.layout` (the metrics report it) and recorded in the
+    checkpoint dir's config from the step the session starts at."""
+    from .checkpoints import step_of
+
+    trainer, layout = fit(build, layouts)
+    trainer.layout = layout
+    record(checkpoint_dir, layout, 0 if resume_from is None else step_of(resume_from))
+    return trainer
 
 
 def plan(params, *, setup: TrainSetup, section: str, backend: str, model_name: str, load_in_4bit: bool,

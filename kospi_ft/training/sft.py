@@ -219,13 +219,11 @@ def build_fitted(params: SFTParams, *, stage: str, setup: TrainSetup | None, mod
     options = layouts.plan(params, setup=setup or TrainSetup(), section=stage, backend=backend,
                            model_name=model_name, load_in_4bit=load_in_4bit, revision=revision, lora_rank=rank,
                            lora_modules=params.target_modules, tokens_per_row=params.max_seq_length)
-    trainer, layout = layouts.fit(lambda layout: build_sft_trainer(
+    return layouts.fitted(lambda layout: build_sft_trainer(
         params, model_name=model_name, backend=backend, load_in_4bit=load_in_4bit, data=data,
         init_adapter=init_adapter, paths=paths, callbacks=callbacks, eval_data=eval_data,
-        resume=resume_from is not None, revision=revision, layout=layout), options)
-    trainer.layout = layout
-    layouts.record(paths.checkpoint_dir, layout, 0 if resume_from is None else checkpoints.step_of(resume_from))
-    return trainer
+        resume=resume_from is not None, revision=revision, layout=layout), options, paths.checkpoint_dir,
+        resume_from)
 
 
 def summarize(trainer, result, seconds: float, params: TrainParams, rows: int, total_tokens: int,
