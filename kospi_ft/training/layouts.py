@@ -290,13 +290,18 @@ def release(trainer) -> None:
         trainer.model = trainer.model_wrapped = None
     gc.collect()
     if torch.cuda.is_available():
-        try:  # unsloth's offloaded checkpointing keeps its own GPU buffers, sized by the largest step seen
-            from unsloth_zoo.gradient_checkpointing import reset_unsloth_gradient_checkpointing_buffers
-
-            reset_unsloth_gradient_checkpointing_buffers()
-        except (ImportError, AttributeError):
-            pass
+        _reset_unsloth_buffers()
         torch.cuda.empty_cache()
+
+
+def _reset_unsloth_buffers() -> None:
+    """Free unsloth's offloaded-checkpointing GPU buffers (sized by the largest step seen), if it made any: its
+    reset function raises NameError before the first checkpointed step (unsloth_zoo 2026.10) defines them."""
+    import sys
+
+    module = sys.modules.get("unsloth_zoo.gradient_checkpointing")
+    if module is not None and getattr(module, "GPU_BUFFERS", None) is not None:
+        module.reset_unsloth_gradient_checkpointing_buffers()
 
 
 class _Built:
@@ -314,7 +319,8 @@ class _Built:
         return self.trainer
 
     def drop(self) -> None:
-        release(self.trainer)
+        if self.trainer is not None:
+            release(self.trainer)
         self.trainer = self.mode = None
 
 
