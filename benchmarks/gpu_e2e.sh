@@ -195,7 +195,12 @@ case $PHASE in
       # of Stage 2 writes one (DPO's speed does not depend on the adapter's values).
       [ -f /tmp/layout-s2/adapter_config.json ] || step $AUTO $S2 --steps 1 --adapter-out /tmp/layout-s2
       step $AUTO $DP --layout recipe
-      for cap in "" 24 16; do step $AUTO $DP ${cap:+--cap $cap}; done
+      # LAYOUT_CAPS: the caps to run, in order ("none": uncapped); each starts only before LAYOUT_STOP_S seconds.
+      for cap in ${LAYOUT_CAPS:-none 24 16}; do
+        [ "$SECONDS" -lt "${LAYOUT_STOP_S:-99999}" ] || break
+        [ "$cap" = none ] && cap=""
+        step $AUTO $DP ${cap:+--cap $cap}
+      done
     fi
     cat "$RES"/auto-layout-runs*.jsonl > /tmp/auto-all.jsonl 2>/dev/null
     python3 "$HERE/benchmarks/gpu_train_bench.py" auto-rows /tmp/auto-all.jsonl | tee "$RES/auto-layout-rows.jsonl"

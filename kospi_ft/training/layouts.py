@@ -294,6 +294,12 @@ def release(trainer) -> None:
         torch.cuda.empty_cache()
 
 
+def _allocated_gib() -> float:
+    import torch
+
+    return torch.cuda.memory_allocated() / GIB if torch.cuda.is_available() else 0.0
+
+
 def _reset_unsloth_buffers() -> None:
     """Free unsloth's offloaded-checkpointing GPU buffers (sized by the largest step seen), if it made any: its
     reset function raises NameError before the first checkpointed step (unsloth_zoo 2026.10) defines them."""
@@ -361,6 +367,12 @@ def fit(build: Callable[[Layout], object], layouts: list[Layout], probe=probe_st
             if result is not None:
                 return n, dataclasses.replace(layout, probe_peak_gib=round(result.peak_gib, 2))
             gave_up += 1
+            # H200, Stage 2 at 16 GiB: after an out-of-memory at the probe the freed trainer still held ~10 GiB
+            # (unsloth's state of the failed step), so every smaller notch failed too. Build the next one afresh.
+            before = _allocated_gib()
+            built.drop()
+            log.info("GPU memory allocated after the out-of-memory: %.2f GiB, after freeing its trainer: %.2f GiB",
+                     before, _allocated_gib())
         return len(options), None
 
     def speed(layout: Layout) -> float:
