@@ -223,7 +223,7 @@ def probe_step(trainer, micro_batch: int) -> Probe:
     batch = trainer.data_collator([dataset[int(i)] for i in longest])
     model = trainer.model
     was_training = model.training
-    model.train()
+    _train_mode(model)
     cuda = torch.cuda.is_available()
     devices = [torch.cuda.current_device()] if cuda else []
     if cuda:
@@ -247,6 +247,18 @@ def probe_step(trainer, micro_batch: int) -> Probe:
     peak = torch.cuda.max_memory_allocated() / GIB
     torch.cuda.reset_peak_memory_stats()
     return Probe(peak, tokens)
+
+
+def _train_mode(model) -> None:
+    """Training mode as the trainer's loop sets it. An unsloth model arms its layers' checkpointing only in
+    FastLanguageModel.for_training (H200: a probe under plain model.train() ran without recompute, so every
+    unsloth layout of Stage 2 at 16 GiB and DPO at 24 GiB ran out of memory while training fits in 8 GiB)."""
+    if getattr(model, "_unsloth_gradient_checkpointing", None) is not None:
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_training(model)  # None: the mode get_peft_model was given
+    else:
+        model.train()
 
 
 def _row_lengths(dataset):
