@@ -167,7 +167,8 @@ case $PHASE in
   layout)
     # train.layout auto against today's recipe, each stage uncapped and capped to 24 / 16 GiB
     # (train.memory_limit_gib): benchmarks/results/h200-7b-auto-layout.jsonl. Three calls: LAYOUT_PART=1 (Stage 1),
-    # 2 (Stage 2 capped, its anchor and recipe), 3 (DPO: recipe and auto). No CUDA llama.cpp build in the
+    # 2 (Stage 2 capped, its anchor and recipe), 3 (DPO: recipe and auto), 4 (a short re-check: Stage 2 at 16 GiB,
+    # DPO auto at LAYOUT_CAPS). No CUDA llama.cpp build in the
     # background here: its 16 compiler processes would share the CPU with the runs being timed.
     make_base
     if [ ! -f "$WORK/data/dpo/pairs.jsonl" ]; then
@@ -190,6 +191,14 @@ case $PHASE in
       step $A --seq 4096
       step $AUTO $S2 --layout recipe
       for cap in 24 16; do step $AUTO $S2 --cap $cap; done
+    elif [ "$LAYOUT_PART" = 4 ]; then
+      # A short re-check: Stage 2 at 16 GiB (its adapter feeds DPO), then DPO auto at LAYOUT_CAPS (default 24).
+      step $AUTO $S2 --cap 16 --adapter-out /tmp/layout-s2
+      for cap in ${LAYOUT_CAPS:-24}; do
+        [ "$SECONDS" -lt "${LAYOUT_STOP_S:-99999}" ] || break
+        [ "$cap" = none ] && cap=""
+        step $AUTO $DP ${cap:+--cap $cap}
+      done
     else
       # DPO: today's recipe and auto uncapped, 24 and 16 GiB. A fresh machine has no Stage 2 adapter yet: one step
       # of Stage 2 writes one (DPO's speed does not depend on the adapter's values).
