@@ -57,6 +57,7 @@ class Paths(Section):
     gguf_dir: Path
     export_metrics_dir: Path
     eval_dir: Path
+    trading_dates: Path
     eval_compare: Path
     eval_plot: Path
     eval_results: Path

@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{pair}: json {fmt(d['json']['valid_rate'])}, schema {fmt(d['schema']['compliance_rate'])}, "
               f"strategy {fmt(d['strategy']['consistency_rate'])}, korean {fmt(d['korean']['rationale_rate'])}, "
               f"answer nll {fmt(d['likelihood']['answer_nll'])}, preference accuracy "
-              f"{fmt(d['preference']['accuracy'])} margin {fmt(d['preference']['margin_mean'])}")
+              f"{fmt(d['preference']['accuracy'])} margin {fmt(d['preference']['margin_mean'])}, regime accuracy "
+              f"{fmt(d['trading']['regime']['accuracy'])}, timing sharpe {fmt(d['trading']['timing']['sharpe'])}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ answer through transformers + PEFT: kospi_ft.evaluation.likelihood).
     python -m stages.evaluate --base-model stage2 --ft-model stage3 --n-samples 50 --output eval_results.json
     python -m stages.evaluate --backend ollama --base-model qwen2.5:32b --ft-model qwen2.5-kospi-ft-s2
     python -m stages.evaluate --name stage3 --eval-set data/stage2/logs_eval.jsonl --output metrics/logs_eval.json
+    python -m stages.evaluate --trading-dates               # -> metrics/eval/trading_dates.csv (the dvc stage)
 
 --name writes the per-model file dvc tracks (numbers only, identical keys for every model). Without --name, the
 two models of --base-model/--ft-model are evaluated and written together with their deltas (ft - base) to
@@ -17,6 +18,12 @@ A model only Ollama has (or a .gguf path) has none: its likelihood keys are null
 --likelihood); --no-likelihood skips them for every model. --eval-set scores another file of the eval-set format,
 e.g. your held-out reasoning logs (paths.logs_eval), whose ROUGE-L is against each line's reasoning text (the
 preference metrics then are left out: the held-out pairs belong to paths.eval_set).
+
+Every metrics file has a `trading` block (kospi_ft.evaluation.trading): the reply's regime against the snapshot
+store's, and, for the records drawn from real snapshots, the reply's exposure and position scores held for
+evaluate.horizon_days trading days against buy-and-hold, the rule, momentum and random. --name also writes
+paths.eval_dir/<name>/regime_confusion.json and equity.json (dvc plots); --trading-dates writes the dates those
+metrics hold positions from, with the market's forward return (paths.trading_dates).
 """
 from __future__ import annotations
 
@@ -25,8 +32,9 @@ import logging
 from pathlib import Path
 
 from kospi_ft import atomic, params
+from kospi_ft.data.snapshot import MarketSnapshotStore
 from kospi_ft.errors import ParamsError, PipelineError
-from kospi_ft.evaluation import likelihood
+from kospi_ft.evaluation import likelihood, trading
 from kospi_ft.evaluation.compare import deltas
 from kospi_ft.evaluation.config import EvaluateParams, ModelLocator
 from kospi_ft.evaluation.runner import EvalRecord, EvalResult, evaluate, load_eval_set, select
@@ -55,6 +63,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--likelihood", action=argparse.BooleanOptionalAction, default=None,
                    help="held-out likelihood + preference metrics through the HF weights (evaluate.likelihood)")
     p.add_argument("--predictions", type=Path, help="also write every reply and its findings to this JSONL")
+    p.add_argument("--horizon-days", type=int, help="trading metrics: holding period in trading days "
+                                                    "(evaluate.horizon_days)")
+    p.add_argument("--trading-dates", action="store_true",
+                   help="only write the trading metrics' eval dates and market forward returns (paths.trading_dates)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     params.add_params_flag(p)
     return p.parse_args(argv)
@@ -115,7 +127,19 @@ def _summary(name: str, m: dict) -> str:
             f"korean {pct(m['korean']['rationale_rate'])}, strategy {pct(m['strategy']['consistency_rate'])}, "
             f"latency p50 {m['latency']['p50_s']}s, {m['throughput']['gen_tokens_per_s']} tok/s, "
             f"answer nll {num(m['likelihood']['answer_nll'])}, preference accuracy "
-            f"{pct(m['preference']['accuracy'])} margin {num(m['preference']['margin_mean'])}")
+            f"{pct(m['preference']['accuracy'])} margin {num(m['preference']['margin_mean'])}, "
+            f"regime accuracy {pct(m['trading']['regime']['accuracy'])}, timing sharpe "
+            f"{num(m['trading']['timing']['sharpe'])}, rank IC {num(m['trading']['selection']['rank_ic_mean'])}")
+
+
+def _write_trading_plots(directory: Path, samples: list[trading.TradingSample], prices: trading.Prices,
+                         cfg: EvaluateParams) -> None:
+    """The model's regime confusion rows and its equity curve beside the baselines', for `dvc plots`."""
+    atomic.write_json(directory / "regime_confusion.json", trading.regime_confusion(samples))
+    curve = trading.equity_curve(samples, prices, cfg.horizon_days, cfg.seed)
+    atomic.write_json(directory / "equity.json", [
+        {"date": row["date"], "strategy": "model" if k == "equity" else k, "equity": v}
+        for row in curve for k, v in row.items() if k != "date"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -125,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         "backend": args.backend, "n_samples": args.n_samples, "max_new_tokens": args.max_new_tokens,
         "ollama_url": args.ollama_url, "rouge": args.rouge, "likelihood": args.likelihood,
         "base_model": args.base_model, "ft_model": args.ft_model, "gpu_layers": args.gpu_layers,
-        "threads": args.threads})
+        "threads": args.threads, "horizon_days": args.horizon_days})
     paths = params.load_paths(raw=raw)
     locator = ModelLocator.from_params(raw)
     if args.name and (args.base_model or args.ft_model):
@@ -136,6 +160,15 @@ def main(argv: list[str] | None = None) -> None:
     eval_set = args.eval_set or paths.eval_set
     held_out = load_eval_set(eval_set)
     records = select(held_out, cfg.n_samples)
+    prices = trading.Prices.from_store(MarketSnapshotStore.from_dir(paths.snapshots_dir))
+    if args.trading_dates:
+        rows = trading.trading_dates(trading.eval_samples(records, [""] * len(records)), prices, cfg.horizon_days)
+        columns = ["date", "horizon_days", "true_regime", "market_forward_return"]
+        atomic.write_text(paths.trading_dates, "".join(
+            ",".join("" if row[c] is None else str(row[c]) for c in columns) + "\n"
+            for row in [dict(zip(columns, columns)), *rows]))
+        print(f"{paths.trading_dates}: {len(rows)} eval dates, horizon {cfg.horizon_days} trading days")
+        return
     pairs = likelihood.load_pairs(paths.eval_pairs) if cfg.likelihood and args.eval_set is None else []
     progress = not args.no_progress
     logger.info("%d eval records from %s, backend %s", len(records), eval_set, cfg.backend)
@@ -150,11 +183,15 @@ def main(argv: list[str] | None = None) -> None:
         result = _run_one(cfg, locator, ref, records, progress)
         blocks = _likelihood(ref, locator, held_out, pairs, progress) if ref in scored else likelihood.empty_blocks()
         result.metrics = likelihood.merge(result.metrics, blocks)
+        result.trading = trading.eval_samples(records, result.replies)
+        result.metrics["trading"] = trading.trading_block(result.trading, prices, cfg.horizon_days, cfg.seed)
         return result
 
     if args.name:
         result = run_one(args.name)
         atomic.write_json(args.output or paths.eval_dir / f"{args.name}.json", result.metrics)
+        if args.output is None:
+            _write_trading_plots(paths.eval_dir / args.name, result.trading, prices, cfg)
         if args.predictions:
             atomic.write_jsonl(args.predictions, result.predictions(records))
         print(_summary(args.name, result.metrics))

@@ -337,6 +337,20 @@ def _records(reference: str, tasks: list[str]) -> list[dict]:
              "task": task, "meta": {"i": i}} for i, task in enumerate(tasks)]
 
 
+def _simulated_store(directory: Path):
+    """A simulated 2024 market's snapshot store, written where the snapshots stage writes it."""
+    import datetime as dt
+
+    from kospi_ft.data.simulate import SimConfig, simulate
+    from kospi_ft.data.snapshot import MarketSnapshotStore, compute_features
+
+    stocks, market = compute_features(simulate(SimConfig(dt.date(2023, 10, 1), dt.date(2024, 12, 31))),
+                                      dt.date(2024, 1, 1))
+    store = MarketSnapshotStore(market, stocks)
+    store.save(directory)
+    return store
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
@@ -471,6 +485,14 @@ def test_evaluate_and_compare_stages_end_to_end(tmp_path, monkeypatch, project_r
     paths = params.load_paths("params.yaml")
     tasks = [t.value for t in TaskType][:3] * 2
     records = _records(reference, tasks)
+    # Every record drawn from a real snapshot of a simulated 2024, 25 trading days apart; the first and third carry
+    # the reference answer's regime, the others another one.
+    store = _simulated_store(paths.snapshots_dir)
+    days, answer = store.dates, json.loads(reference)
+    other = next(r for r in ("BEAR", "MILD_BULL") if r != answer["regime"])
+    for i, record in enumerate(records):
+        record["meta"] = {"date": days[30 + 25 * i].isoformat(), "source": "real",
+                          "regime": answer["regime"] if i in (0, 2) else other}
     _write_jsonl(paths.eval_set, records)
     paths.models_dir.mkdir()
     (paths.models_dir / "base").symlink_to(tiny_hf[0])  # model.name: models/base
@@ -503,6 +525,23 @@ def test_evaluate_and_compare_stages_end_to_end(tmp_path, monkeypatch, project_r
     assert nll["base"] == pytest.approx(math.log(151_936), abs=0.5) and len(set(nll.values())) == 3
     assert files["base"]["preference"]["per_type"]["schema_violation"]["n"] == 1
     assert files["base"]["per_task"]["full_analysis"]["answer_nll"] is not None
+    # Trading: the reference answer (stage3's reply) reads the regime right on the two dates of its regime and
+    # holds the rule's exposure; base's replies do not parse, so it holds cash.
+    trade = {n: m["trading"] for n, m in files.items()}
+    assert trade["stage3"]["regime"]["accuracy"] == 0.5 and trade["base"]["regime"]["accuracy"] == 0.0
+    assert trade["stage3"]["timing"] == trade["stage3"]["baselines"]["rule"]["timing"]
+    assert trade["stage3"]["timing"]["n_dates"] == 4 and trade["base"]["timing"]["mean_return"] == 0.0
+    evaluate_stage.main(["--trading-dates", "--n-samples", "4"])
+    dates = paths.trading_dates.read_text().splitlines()
+    assert dates[0] == "date,horizon_days,true_regime,market_forward_return" and len(dates) == 5
+    market = [float(line.split(",")[3]) for line in dates[1:]]
+    assert trade["stage3"]["timing"]["mean_return"] == pytest.approx(answer["exposure"] * sum(market) / 4, abs=1e-5)
+    assert trade["base"]["baselines"]["buy_and_hold"]["timing"]["mean_return"] == pytest.approx(sum(market) / 4,
+                                                                                                abs=1e-5)
+    confusion = json.loads((paths.eval_dir / "stage3" / "regime_confusion.json").read_text())
+    assert sorted(r["actual"] == r["predicted"] for r in confusion) == [False, False, True, True]
+    equity = json.loads((paths.eval_dir / "stage3" / "equity.json").read_text())
+    assert {r["strategy"] for r in equity} == {"model", "buy_and_hold", "rule", "random"} and len(equity) == 16
 
     compare_stage.main([])
     cmp = json.loads(paths.eval_compare.read_text())

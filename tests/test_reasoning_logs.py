@@ -203,20 +203,26 @@ def test_valid_decisions_that_break_the_strategy_rules_are_counted_not_dropped(t
 
 def test_mix_keeps_the_synthetic_set_and_reaches_the_ratio():
     synthetic = generate(60, seed=1)
-    day = dt.date(2024, 1, 2)
-    train_days = [d for d in (day + dt.timedelta(i) for i in range(60)) if date_split(d) == "train"][:4]
-    eval_day = next(d for d in (day + dt.timedelta(i) for i in range(60)) if date_split(d) == "eval")
+    # 2024: train days from January, the embargo before the August eval month (from 21 June), then August.
+    days = [dt.date(2024, 1, 2) + dt.timedelta(i) for i in range(240)]
+    train_days = [d for d in days if date_split(d) == "train"][:4]
+    embargo_day = next(d for d in days if date_split(d) == "embargo")
+    eval_day = next(d for d in days if date_split(d) == "eval")
+    assert train_days[-1] < embargo_day < eval_day
     answer = json.loads(synthetic[0]["messages"][2]["content"])
     logs = [to_record(LogEntry(date=d, task=synthetic[0]["task"], question="질문", context="맥락",
                                reasoning="근거", decision=answer), i, None, 0, _report())
-            for i, d in enumerate(train_days + [eval_day], 1)]
+            for i, d in enumerate(train_days + [embargo_day, eval_day], 1)]
+    assert [r["meta"]["split"] for r in logs] == ["train"] * 4 + ["embargo", "eval"]
     m = mix(synthetic, logs, 0.25, seed=3)
     assert m.stats["logs"]["in_stage2"] == 20 and len(m.records) == 80  # 60 * 0.25 / 0.75 = 20 = 5 passes of 4
-    assert m.stats["logs"]["max_uses_per_record"] == 5 and m.stats["logs"]["eval"] == 1
+    assert m.stats["logs"]["max_uses_per_record"] == 5
+    assert (m.stats["logs"]["train"], m.stats["logs"]["eval"], m.stats["logs"]["embargo"]) == (4, 1, 1)
     key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
     assert sorted(map(key, (r for r in m.records if r["meta"]["source"] != "log"))) == sorted(map(key, synthetic))
     assert m.records[:60] != synthetic  # shuffled together (seeded)
     assert m.held_out == [logs[-1]] and logs[-1] not in m.records  # an eval date never trains
+    assert logs[-2] not in m.records and logs[-2] not in m.held_out  # an embargo date is in neither
     assert mix(synthetic, logs, 0.25, seed=3).records == m.records
     assert mix(synthetic, [], 0.25, seed=3).records == synthetic  # no logs: the synthetic set as it is
     few = mix(synthetic, logs, 0.05, seed=3)  # 60 * 0.05 / 0.95 -> 3 of the 4 train logs, none twice
@@ -270,13 +276,15 @@ def test_stage_end_to_end_on_the_example_then_rouge_against_the_reasoning(tmp_pa
     train = [json.loads(x) for x in (work / "data/stage2/train.jsonl").read_text().splitlines()]
     logs = stats["logs"]
     assert stats["logs_file"] == "data/logs/example.jsonl" and logs["valid"] == 20
-    assert logs["train"] + logs["eval"] == 20 and logs["eval"] == 3
+    # example.jsonl's dates: 2022-12-06 and 2025-06-02 in eval months; 2020-04-24, 2022-10-25, 2023-02-09,
+    # 2024-06-24, 2025-07-11 and 2025-07-25 within 41 days of an eval month (embargo); 12 train.
+    assert (logs["train"], logs["eval"], logs["embargo"]) == (12, 2, 6)
     assert logs["in_stage2"] == 7 == sum(x["meta"]["source"] == "log" for x in train)  # 60 * 0.1 / 0.9 -> 7
     assert stats["records"] == len(train) == 67
 
     held_out = load_eval_set(work / "data/stage2/logs_eval.jsonl")
     reasonings = {x["reasoning"] for x in example_lines}
-    assert len(held_out) == 3 and all(e.rouge_reference in reasonings for e in held_out)
+    assert len(held_out) == 2 and all(e.rouge_reference in reasonings for e in held_out)
     # ROUGE-L is against the reasoning: a reply that repeats it scores 1, the decision JSON itself less.
     same = evaluate(_Echo(held_out[0].rouge_reference), held_out[:1], max_new_tokens=8, rouge=True, progress=False)
     assert same.metrics["rouge"]["l_f1_mean"] == 1.0

@@ -40,10 +40,13 @@ _DAY_TYPES = [(-0.03, 0.2, -0.08, 0.35), (-0.02, 0.4, -0.03, 0.3), (0.02, 0.75, 
 
 @pytest.fixture(scope="module")
 def store() -> MarketSnapshotStore:
-    """120 trading days cycling through the five regimes, 30 universe stocks a day with features defined."""
+    """The weekdays of 2021 (261) cycling through the five regimes, 30 universe stocks a day with features defined.
+
+    A whole year, so that both splits have days: 2021's eval month (October, 21 days) with its embargo on either
+    side (2020's December eval month reaches into 2021 too), and 152 train days (11 Feb-20 Aug, 12-31 Dec)."""
     rng = np.random.default_rng(0)
-    days = [dt.date(2021, 1, 4) + dt.timedelta(days=i) for i in range(170)]
-    days = [d for d in days if d.weekday() < 5][:120]
+    days = [dt.date(2021, 1, 1) + dt.timedelta(days=i) for i in range(365)]
+    days = [d for d in days if d.weekday() < 5]
     m_rows = collections.defaultdict(list)
     for i, d in enumerate(days):
         r, b, m, v = _DAY_TYPES[i % 5]
@@ -128,7 +131,7 @@ def test_real_data_ratio_is_exact(real_train):
 
 
 def test_real_days_are_drawn_without_replacement_and_repeats_are_reported(store, real_train):
-    """168 real records over ~21 train days per regime: every day serves once before any serves twice."""
+    """168 real records over ~30 train days per regime: every day serves once before any serves twice."""
     uses = collections.defaultdict(collections.Counter)
     for r in real_train:
         if r["meta"]["source"] == "real":

@@ -31,9 +31,11 @@ one JSON object, and a reasoning turn before it would teach the model to break t
 model should learn to say into the decision's summary and rationale fields; the reasoning text stays in the
 record's meta, and is what evaluation scores ROUGE-L against (the spec: "ROUGE score: reasoning log 대비 오버랩").
 
-Split: a line's date belongs to the eval split for one date in ten (`synthetic.date_split`, as for synthetic
-records). Eval-date lines go to the logs eval set, never into training; the others are mixed into Stage 2 at
-`logs_ratio`.
+Split: a line's date is 'train', 'eval' or 'embargo' by `synthetic.date_split`, the rule of the synthetic and
+real-snapshot records: eval dates are whole calendar months (`synthetic.eval_months`, ~10% of dates), and dates
+within 42 calendar days of one (at least 20 trading days, the longest forward-return horizon) are embargo.
+Eval-date lines go to the logs eval set, never into training; embargo-date lines go nowhere (counted as
+`embargo` in the stats); train-date lines are mixed into Stage 2 at `logs_ratio`.
 """
 from __future__ import annotations
 
@@ -56,8 +58,8 @@ from ..params import Section
 from ..schema import TaskType, quality_issues, schema_errors, validate_response
 from ..strategy import rule_violations
 from .snapshot import MarketSnapshotStore
-from .synthetic import (WEEKDAYS_KO, chat_record, date_split, real_stock_row, round_half_up, snapshot_view,
-                        user_turn)
+from .synthetic import (EMBARGO, WEEKDAYS_KO, chat_record, date_split, real_stock_row, round_half_up,
+                        snapshot_view, user_turn)
 from .templates import FORMAT_SHARES, render_market
 
 log = logging.getLogger(__name__)
@@ -287,7 +289,8 @@ class Mixed:
 
 def mix(synthetic: Sequence[dict], logs: Sequence[dict], ratio: float, seed: int, report: LogReport | None = None
         ) -> Mixed:
-    """Synthetic records + train-date log records making up `ratio` of the result; eval-date logs held out.
+    """Synthetic records + train-date log records making up `ratio` of the result; eval-date logs held out;
+    embargo-date logs (`synthetic.date_split`) in neither, only counted.
 
     All synthetic records are kept; log records are repeated in whole passes and then sampled without replacement
     until they are round-half-up(len(synthetic) * ratio / (1 - ratio)). Without log records the result is the
@@ -302,14 +305,16 @@ def mix(synthetic: Sequence[dict], logs: Sequence[dict], ratio: float, seed: int
     records = list(synthetic) + [train[i] for i in picked]
     if picked:
         records = [records[i] for i in rng.permutation(len(records))]
+    embargo = sum(r["meta"]["split"] == EMBARGO for r in logs)
     if logs and not train:
-        log.warning("every log line has an eval date: none is mixed into Stage 2")
+        log.warning("no log line has a training date (%d eval, %d embargo): none is mixed into Stage 2",
+                    len(held_out), embargo)
     report = report or LogReport()
     uses = collections.Counter(picked)
     stats = {
         "synthetic_records": len(synthetic), "records": len(records),
         "logs": {"lines": report.lines, "valid": report.valid, "skipped_invalid": report.skipped_invalid,
-                 "train": len(train), "eval": len(held_out), "in_stage2": len(picked),
+                 "train": len(train), "eval": len(held_out), "embargo": embargo, "in_stage2": len(picked),
                  "share_of_stage2": round(len(picked) / len(records), 6) if records else 0.0,
                  "max_uses_per_record": max(uses.values(), default=0), "contexts": report.contexts,
                  "tasks": report.tasks, "rule_violations": report.rule_violations,

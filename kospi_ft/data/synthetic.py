@@ -11,9 +11,25 @@ Real data (`store` given): market indicators, index level, prices/SMAs/vol and P
 `MarketSnapshotStore` day of the record's regime; sentiment, foreign/institutional flows, USD/KRW and VIX are
 drawn around the regime's typical level; EV/EBITDA, ROE and F-Score are always random (the KRX tape has none).
 
-Train/eval separation. Every calendar date belongs to exactly one split (`date_split`, a hash of the date), and
-each split draws only its own dates, in both synthetic and real mode; the eval set also uses its own seed.
-Since every prompt starts with its date, no eval prompt can equal a training prompt.
+Train/eval separation. `date_split` puts every calendar date in 'train', 'eval' or 'embargo' (neither), a pure
+function of the date alone, so synthetic, real-snapshot and reasoning-log records (`reasoning_logs`) split alike.
+Eval dates are whole calendar months (`eval_months`): in the 2020-2025 snapshot window a fixed list, one month a
+year and two in 2020, chosen to put the market's known episodes and all five regimes in eval (`EVAL_MONTHS`:
+2020-03 COVID crash, 2020-12 post-COVID rally, 2021-10 the slide from the 2021 peak, 2022-12 the 2022 bear market,
+2023-10 the autumn 2023 sell-off, 2024-08 the 5 Aug 2024 crash in the 2024 H2 weakness, 2025-06 the 2025 rally);
+in other years one month, rotating five months a year. That is 7 of 72 months, ~9.5% of the window's trading
+dates. Every date less than EMBARGO_CALENDAR_DAYS (42) calendar days from an eval date is 'embargo', so each eval
+date lies at least EMBARGO_TRADING_DAYS (20, the longest forward-return horizon evaluation reports) trading days
+from every training date, before and after it. The arithmetic: any 42 consecutive calendar days are exactly six
+weeks, 30 weekdays; 20 trading days remain unless more than MAX_WEEKDAY_CLOSURES (10) of those weekdays are KRX
+holidays, and the most weekday KRX closures in any 42-day stretch of 2020-2025 is 7 (25 Dec 2024 to 30 Jan 2025:
+Christmas, the year-end closing day, New Year, Lunar New Year and its temporary holiday; Chuseok 2023 or 2025 with
+National Foundation Day and Hangul Day: 5). Each eval month thus costs ~3.7 months of training dates (41 days
+of embargo on either side): ~26% of the window's trading dates are embargo, ~64% train. Each split draws only
+its own dates, in both synthetic and real mode (`business_days`, `RealDays`); the eval set also uses its own
+seed. Since every prompt starts with its date, no eval prompt can equal a training prompt. In real mode a
+regime with no day among the split's dates gets no real records of that split (a warning says so); synthetic
+records still cover every regime.
 
 Determinism: one seeded numpy Generator drives everything in a fixed order, so the same arguments give the same
 records (and `write_jsonl` the same bytes).
@@ -22,8 +38,8 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import hashlib
 import json
+import logging
 import math
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence, TypeVar
@@ -51,6 +67,7 @@ from .templates import (
 from .universe import SECTORS_KO, UNIVERSE, Stock, by_code, in_sector
 
 K = TypeVar("K")
+log = logging.getLogger(__name__)
 
 #: The spec's task shares (section 2.1), in spec order: exact counts at 5,000 records.
 TASK_SHARES: dict[TaskType, float] = {
@@ -68,8 +85,26 @@ TASK_SHARES: dict[TaskType, float] = {
     TaskType.MULTI_STEP: 0.06,
 }
 
-SPLITS = ("train", "eval")
-EVAL_DATE_BUCKETS = 10   # one date in ten (by hash) belongs to the eval split
+SPLITS = ("train", "eval")   # the record sets `generate` writes
+EMBARGO = "embargo"          # `date_split`'s third value: a date of neither split
+#: Eval months of the 2020-2025 snapshot window (module docstring): one a year, two in 2020, spread over the
+#: seasons and over the known KOSPI episodes, and giving every regime eval days on the embedded simulated market.
+EVAL_MONTHS: dict[int, tuple[int, ...]] = {
+    2020: (3, 12),  # COVID crash (BEAR / stress); the post-COVID rally (STRONG_BULL)
+    2021: (10,),    # the slide from the mid-2021 peak (WEAKENING)
+    2022: (12,),    # the 2022 bear market
+    2023: (10,),    # the autumn 2023 sell-off
+    2024: (8,),     # the 5 Aug 2024 crash, 2024 H2 weakness (stress)
+    2025: (6,),     # the 2025 rally (STRONG_BULL)
+}
+#: The longest forward-return horizon evaluation reports, in trading days: every eval date lies at least this
+#: many trading days from every training date.
+EMBARGO_TRADING_DAYS = 20
+#: Weekday KRX closures the calendar embargo absorbs within any EMBARGO_CALENDAR_DAYS stretch (the worst known: ~7).
+MAX_WEEKDAY_CLOSURES = 10
+#: A date less than this many calendar days from an eval date is embargo. Whole weeks: 42 days hold exactly 30
+#: weekdays, so 30 - MAX_WEEKDAY_CLOSURES >= EMBARGO_TRADING_DAYS trading days (the module docstring).
+EMBARGO_CALENDAR_DAYS = 7 * math.ceil((EMBARGO_TRADING_DAYS + MAX_WEEKDAY_CLOSURES) / 5)
 WEEKDAYS_KO = ("월요일", "화요일", "수요일", "목요일", "금요일", "토요일", "일요일")
 ACTION_KO = {"BUY": "매수", "HOLD": "보유", "SELL": "매도", "REDUCE": "비중 축소", "HEDGE": "헤지"}
 DECISION_KO = {"STOP_LOSS": "손절", "TAKE_PROFIT": "익절", "HOLD": "보유 유지"}
@@ -114,13 +149,32 @@ def _shuffled_labels(rng: np.random.Generator, counts: Mapping[K, int]) -> list[
 
 # ---- train/eval date split ---------------------------------------------------------------------------------
 
+def eval_months(year: int) -> tuple[int, ...]:
+    """The eval months of `year`: EVAL_MONTHS inside 2020-2025; other years one month, rotating by five months a
+    year (5 and 12 are coprime: every month of the year comes round once in twelve years)."""
+    return EVAL_MONTHS.get(year, (1 + (5 * year) % 12,))
+
+
+def _month_bounds(year: int, month: int) -> tuple[dt.date, dt.date]:
+    first = dt.date(year, month, 1)
+    return first, (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1) - dt.timedelta(days=1)
+
+
 def date_split(day: dt.date) -> str:
-    """'eval' for one date in EVAL_DATE_BUCKETS (a stable hash, independent of weekday), else 'train'."""
-    h = int.from_bytes(hashlib.blake2b(day.isoformat().encode(), digest_size=4).digest(), "big")
-    return "eval" if h % EVAL_DATE_BUCKETS == 0 else "train"
+    """'eval' inside an eval month (`eval_months`); EMBARGO less than EMBARGO_CALENDAR_DAYS calendar days from an
+    eval date; else 'train'. A pure function of the date: no data, weekday or holiday calendar involved."""
+    if day.month in eval_months(day.year):
+        return "eval"
+    for year in (day.year - 1, day.year, day.year + 1):   # the embargo (< 42 days) never reaches further
+        for month in eval_months(year):
+            first, last = _month_bounds(year, month)
+            if (first - day).days < EMBARGO_CALENDAR_DAYS and (day - last).days < EMBARGO_CALENDAR_DAYS:
+                return EMBARGO
+    return "train"
 
 
 def business_days(start: dt.date, end: dt.date, split: str) -> list[dt.date]:
+    """The weekdays of [start, end] whose `date_split` is `split` (the synthetic records' dates)."""
     days, d = [], start
     while d <= end:
         if d.weekday() < 5 and date_split(d) == split:
@@ -342,8 +396,13 @@ class RealDays:
     and indicators whose 4-decimal rounding still classifies to the store's regime.
 
     Days of a regime are drawn without replacement: each pass over a regime's days is a fresh shuffle, so a day
-    repeats only once every usable day of its regime has been used (the spec's window has ~24 BEAR days for
-    ~700 BEAR records). `dataset_stats` reports how often days repeat.
+    repeats only once every usable day of its regime has been used (the spec's window has a few dozen BEAR days,
+    fewer still per split, for ~700 BEAR records). `dataset_stats` reports how often days repeat.
+
+    Few days of a regime in the split (the eval months hold ~10% of the dates) only means more repeats. A regime
+    with no day in the split is left out of `regimes` (a warning names it): the split's real records are spread
+    over the other regimes, and its synthetic records still cover all five. A regime whose days in the split are
+    all unusable raises PipelineError when it is drawn.
     """
 
     MIN_STOCKS = 12
@@ -355,6 +414,10 @@ class RealDays:
             days = [d for d in store.regime_days(regime) if date_split(d) == split]
             if days:
                 self.by_regime[regime] = days
+        missing = [g.value for g in REGIME_ORDER if g not in self.by_regime]
+        if missing and self.by_regime:
+            log.warning("snapshots: no %s day of %s: the %s set's real records cover only %s", split,
+                        ", ".join(missing), split, ", ".join(g.value for g in self.by_regime))
         self._cache: dict[dt.date, Snapshot | None] = {}
         self._queues: dict[Regime, list[dt.date]] = {}
 

@@ -28,6 +28,11 @@ HEADLINE: dict[str, str] = {
     "answer_nll": "likelihood.answer_nll",
     "preference_accuracy": "preference.accuracy",
     "preference_margin_mean": "preference.margin_mean",
+    # Trading (kospi_ft.evaluation.trading): does the reply read the market right, and would acting on it pay.
+    "regime_accuracy": "trading.regime.accuracy",
+    "timing_sharpe": "trading.timing.sharpe",
+    "timing_mean_return": "trading.timing.mean_return",
+    "rank_ic_mean": "trading.selection.rank_ic_mean",
 }
 
 

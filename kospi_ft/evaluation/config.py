@@ -43,6 +43,10 @@ class EvaluateParams(Section):
     threads: int = Field(1, ge=0)               # llama.cpp threads; 0 = all cores
     gpu_layers: int = Field(0, ge=-1)           # llama.cpp layers offloaded to the GPU; -1 = all (GPU build only)
     seed: int = 0
+    # The trading metrics (kospi_ft.evaluation.trading): each real-snapshot record's exposure and position scores
+    # are held for this many trading days after its date. At most synthetic.EMBARGO_TRADING_DAYS, the gap that
+    # keeps every eval date's forward window away from the training dates.
+    horizon_days: int = Field(20, ge=1)
     base_model: str = "base"                    # the spec's --base-model / --ft-model defaults
     ft_model: str = "stage3"
     # Stage `compare`: deltas after - before for each pair.
@@ -52,6 +56,12 @@ class EvaluateParams(Section):
     def _check(self):
         if len(set(self.models)) != len(self.models):
             raise ValueError("models: names must be unique")
+        from ..data.synthetic import EMBARGO_TRADING_DAYS
+
+        if self.horizon_days > EMBARGO_TRADING_DAYS:
+            raise ValueError(f"horizon_days: {self.horizon_days} is longer than the {EMBARGO_TRADING_DAYS} trading "
+                             f"days that separate eval dates from training dates (kospi_ft.data.synthetic), so a "
+                             f"training snapshot could contain an eval answer's outcome")
         unknown = sorted({n for pair in self.compare for n in pair} - set(self.models))
         if unknown:
             raise ValueError(f"compare: {unknown} not in models {self.models}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ class EvalRecord:
     prompt: list[Message]   # system + user
     reference: str          # the reference assistant answer (JSON text)
     rouge_reference: str | None = None  # the text ROUGE-L compares with, when not the answer (a log's reasoning)
+    meta: dict[str, Any] = field(default_factory=dict)  # date, regime, source: what the trading metrics score
 
 
 def load_eval_set(path: Path) -> list[EvalRecord]:
@@ -53,9 +54,10 @@ def load_eval_set(path: Path) -> list[EvalRecord]:
             raise DataValidationError(f"{where}: field `messages` must be a list of {{role, content}} "
                                       f"ending with the assistant's reference answer")
         prompt = [{"role": str(m["role"]), "content": m["content"]} for m in messages[:-1]]
-        reasoning = (row.get("meta") or {}).get("reasoning")
+        meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
+        reasoning = meta.get("reasoning")
         records.append(EvalRecord(task=task, prompt=prompt, reference=messages[-1]["content"],
-                                  rouge_reference=reasoning if isinstance(reasoning, str) else None))
+                                  rouge_reference=reasoning if isinstance(reasoning, str) else None, meta=meta))
     return records
 
 
@@ -82,6 +84,7 @@ class EvalResult:
     metrics: dict[str, Any]
     scores: list[ReplyScore]
     replies: list[str]
+    trading: list = field(default_factory=list)  # trading.TradingSample per record with a date and regime
 
     def predictions(self, records: list[EvalRecord]) -> list[dict[str, Any]]:
         """One row per sample for inspection: task, reply, and what the scorer found."""
