@@ -181,8 +181,16 @@ def test_an_out_of_memory_at_the_probe_falls_back_one_notch_on_a_fresh_trainer()
     def never(trainer, micro_batch):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
+    # Every probe out of memory: today's recipe trains, unprobed (auto never stops what the recipe would train).
+    assert options[-1] == Layout(2, 8, "unsloth", "recipe", budget_gib=24.0)
+    trainer, chosen = layouts.fit(build, options, probe=never)
+    assert (chosen.micro_batch, chosen.checkpointing, chosen.chosen_by) == (2, "unsloth", "recipe")
+    assert chosen.fallbacks == len(options) - 1 and trainer.args.per_device_train_batch_size == 2
+    # A pinned layout has no recipe to fall back to: its out-of-memory is the error.
+    pinned = auto(seven_b(2048), 24, rows=16, checkpointing="unsloth")
+    assert all(x.chosen_by == "pinned" for x in pinned)
     with pytest.raises(PipelineError, match="out of GPU memory at micro_batch 1 with checkpointing unsloth"):
-        layouts.fit(build, options, probe=never)
+        layouts.fit(build, pinned, probe=never)
 
     def broken(trainer, micro_batch):
         raise ValueError("a bug, not memory")

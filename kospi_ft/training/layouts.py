@@ -10,7 +10,8 @@ between a run and its resume (tests/test_layouts.py shows equal losses and adapt
   backend's default (unsloth: its offloaded recompute; hf on CUDA: recompute; CPU: none).
 - `auto` (the real preset): the fastest layout whose predicted peak fits the card's memory (or
   `train.memory_limit_gib`), checked by one probe step (forward + backward of the largest micro-batch the data can
-  produce) before training. An out-of-memory there falls back one notch on its own. Without recomputation a QLoRA
+  produce) before training. An out-of-memory there falls back one notch on its own; after the last notch comes
+  today's recipe, unprobed, so auto never stops a stage that the recipe would have trained. Without recomputation a QLoRA
   step costs ~4N FLOPs per token instead of ~6N: measured 1.41-1.56x unsloth's recipe on an H200 (issue table in
   README). Order of the notches: checkpointing off at the largest micro-batch that divides the effective batch, down
   to 1, then the backend's checkpointing, again from the largest micro-batch. When recomputation fits a larger
@@ -195,8 +196,16 @@ def candidates(*, rows: int, batch_size: int, setup: TrainSetup, micro_batch: in
             layout = Layout(m, rows // m, mode, chosen_by, predicted_peak_gib=round(peak / GIB, 2),
                             budget_gib=round(budget / GIB, 2))
             (fitting if peak <= usable else rest).append(layout)
-    # Nothing predicted to fit: still probe the smallest layout (the model may be pessimistic); its OOM is the error.
-    return fitting or rest[-1:]
+    # Nothing predicted to fit: still probe the smallest layout (the model may be pessimistic).
+    options = fitting or rest[-1:]
+    if not pinned:
+        # Last, unprobed: today's recipe, which ran before auto existed and is sized for a 24 GB card. Auto is never
+        # worse than it: if every probe runs out of memory (a probe the backend runs differently from its training
+        # loop included), the stage trains as it did without auto instead of stopping.
+        m = batch_size
+        options.append(Layout(m, rows // m, default_checkpointing(backend, cuda), "recipe",
+                              budget_gib=round(budget / GIB, 2)))
+    return options
 
 
 @dataclass(frozen=True)
@@ -375,6 +384,11 @@ def fit(build: Callable[[Layout], object], layouts: list[Layout], probe=probe_st
     def first_fit(options: list[Layout]) -> tuple[int, Layout | None]:
         nonlocal gave_up
         for n, layout in enumerate(options):
+            if layout.chosen_by == "recipe":
+                log.warning("every layout auto tried ran out of GPU memory at its probe step; training with today's "
+                            "recipe: micro_batch %d, checkpointing %s", layout.micro_batch, layout.checkpointing)
+                built.get(layout)
+                return n, layout
             result = _probe(probe, built.get(layout), layout)
             if result is not None:
                 return n, dataclasses.replace(layout, probe_peak_gib=round(result.peak_gib, 2))
@@ -400,8 +414,8 @@ def fit(build: Callable[[Layout], object], layouts: list[Layout], probe=probe_st
         raise PipelineError(f"out of GPU memory at micro_batch {last.micro_batch} with checkpointing "
                             f"{last.checkpointing} ({last.budget_gib} GiB usable): lower max_seq_length, or free "
                             f"the GPU")
-    rivals = [x for x in layouts[n + 1:]
-              if x.checkpointing != winner.checkpointing and x.micro_batch > winner.micro_batch]
+    rivals = [x for x in layouts[n + 1:] if x.chosen_by != "recipe"
+              and x.checkpointing != winner.checkpointing and x.micro_batch > winner.micro_batch]
     if rivals:
         winner_speed = speed(winner)
         _, rival = first_fit(rivals)
