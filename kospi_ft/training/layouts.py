@@ -359,13 +359,11 @@ def _probe(probe, trainer, layout: Layout) -> Probe | None:
         if not is_out_of_memory(err):
             raise
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-    # Outside the except clause, where the traceback (and the probe's tensors in its frames) is gone. H200, Stage 2
-    # at a 16 GiB cap: after one out-of-memory every later notch ran out of memory too, the unsloth micro-batch 2
-    # that needs 8.4 GiB alone included; unsloth's checkpointing buffers, sized by the failed step, are now reset
-    # as well (release).
+    # Outside the except clause, where the traceback (and the probe's tensors in its frames) is gone; unsloth's
+    # checkpointing buffers, sized by the failed step, are reset too (release).
     release(None)
-    log.warning("layout micro_batch %d, checkpointing %s: out of GPU memory at the probe step (%s); trying the "
-                "next one", layout.micro_batch, layout.checkpointing, message)
+    log.warning("layout micro_batch %d, checkpointing %s: out of GPU memory at the probe step (%s); %.2f GiB still "
+                "allocated; trying the next one", layout.micro_batch, layout.checkpointing, message, _allocated_gib())
     return None
 
 
@@ -393,12 +391,6 @@ def fit(build: Callable[[Layout], object], layouts: list[Layout], probe=probe_st
             if result is not None:
                 return n, dataclasses.replace(layout, probe_peak_gib=round(result.peak_gib, 2))
             gave_up += 1
-            # H200, Stage 2 at 16 GiB: after an out-of-memory at the probe the freed trainer still held ~10 GiB
-            # (unsloth's state of the failed step), so every smaller notch failed too. Build the next one afresh.
-            before = _allocated_gib()
-            built.drop()
-            log.info("GPU memory allocated after the out-of-memory: %.2f GiB, after freeing its trainer: %.2f GiB",
-                     before, _allocated_gib())
         return len(options), None
 
     def speed(layout: Layout) -> float:
