@@ -152,8 +152,8 @@ def bench_sft(args) -> dict:
 
     backend = backends.prepare_backend(args.backend)
     import torch
-    from kospi_ft.training.sft import (SFTParams, build_sft_trainer, count_label_tokens, load_conversations,
-                                       row_lengths)
+    from kospi_ft.training.layouts import row_lengths
+    from kospi_ft.training.sft import SFTParams, build_sft_trainer, count_label_tokens, load_conversations
 
     # The real preset's Stage 1 (or --section stage2) section, shortened to a few steps.
     overrides = {"epochs": 1, "max_steps": args.steps, "save_steps": 10_000, "logging_steps": 1}

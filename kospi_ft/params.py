@@ -18,6 +18,9 @@ from .errors import ParamsError
 
 PARAMS_FILE = Path(os.environ.get("KOSPI_FT_PARAMS", "params.yaml"))
 PRESETS = ("embedded", "real")
+#: What every read of a params file checks beyond its YAML (read_raw). This module knows no section: the package
+#: (kospi_ft/__init__.py) registers kospi_ft.presets.check, which validates both presets against every section.
+RAW_CHECKS: list = []
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -103,9 +106,8 @@ def read_raw(path: str | os.PathLike | None = None) -> RawParams:
         raise ParamsError(f"{path}: top level must be a mapping")
     data = RawParams(_plain(data))
     data.root = project_dir(path)
-    from . import presets  # the section models import this module
-
-    presets.check(data, str(path))
+    for check in RAW_CHECKS:
+        check(data, str(path))
     return data
 
 
@@ -151,6 +153,11 @@ def preset_of(raw: Mapping) -> str:
     if preset not in PRESETS:
         raise ParamsError(f"params.yaml: preset: must be one of {PRESETS}, got {preset!r}")
     return preset
+
+
+def is_real(raw: Mapping) -> bool:
+    """Whether the guardrails of the real preset apply (no quiet CPU or hf-backend fallback, GPU offload)."""
+    return preset_of(raw) == "real"
 
 
 def section_values(raw: Mapping, section: str) -> dict:

@@ -126,11 +126,6 @@ def check_preset_matches(raw: Mapping, where: str = "params.yaml") -> None:
                 f"(or `{preset}`), which writes all of the preset's values")
 
 
-def is_real(raw: Mapping) -> bool:
-    """Whether the guardrails of the real preset apply (no quiet CPU or hf-backend fallback, GPU offload)."""
-    return params.preset_of(raw) == "real"
-
-
 def diff(raw: Mapping, name: str) -> dict[str, tuple[Any, Any]]:
     """Keys whose current value differs from preset `name`: dotted key -> (current, preset)."""
     current = _leaves({s: raw.get(s) for s in values(raw, name)})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from kospi_ft import params, presets
+from kospi_ft import params
 from kospi_ft.base_model import resolve_base
 from kospi_ft.base_model import load_params as load_model_params
 from kospi_ft.training import backends
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = params.load("dpo", DPOParams, overrides=overrides, raw=raw)
     paths = params.load_paths(raw=raw)
     # The guardrails first: no CUDA / no unsloth stops the stage before anything is read or loaded.
-    backend = backends.prepare_backend(model.backend, allow_cpu=model.allow_cpu, strict=presets.is_real(raw))
+    backend = backends.prepare_backend(model.backend, allow_cpu=model.allow_cpu, strict=params.is_real(raw))
     base = resolve_base(model, paths.models_dir)
     metrics = train_dpo(cfg, model_name=base.name, revision=base.revision, backend=backend,
                         load_in_4bit=model.load_in_4bit, data_path=paths.dpo_pairs, eval_path=paths.eval_pairs,

@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 
-from kospi_ft import params, presets
+from kospi_ft import params
 from kospi_ft.base_model import ModelParams, resolve_base
 from kospi_ft.base_model import load_params as load_model_params
 from kospi_ft.errors import ParamsError
@@ -49,7 +49,7 @@ def launch(raw: dict, args: argparse.Namespace, model: ModelParams, module: str,
     if cfg.num_processes == 1 or distributed.launched():
         return
     # The guardrails and the device count first, in this one process, before N processes load a model.
-    backends.resolve_backend(model.backend, allow_cpu=model.allow_cpu, strict=presets.is_real(raw))
+    backends.resolve_backend(model.backend, allow_cpu=model.allow_cpu, strict=params.is_real(raw))
     distributed.check_devices(cfg.num_processes, model.allow_cpu)
     distributed.relaunch(cfg.num_processes, module, sys.argv[1:] if argv is None else argv)
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             init_adapter = stage1_dir
     # The guardrails first: no CUDA / no unsloth stops the stage before anything is read or loaded.
-    backend = backends.prepare_backend(model.backend, allow_cpu=model.allow_cpu, strict=presets.is_real(raw))
+    backend = backends.prepare_backend(model.backend, allow_cpu=model.allow_cpu, strict=params.is_real(raw))
     base = resolve_base(model, paths.models_dir)
     metrics = train_sft(cfg, stage=args.stage, model_name=base.name, revision=base.revision, backend=backend,
                         load_in_4bit=model.load_in_4bit,

@@ -3,6 +3,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from ruamel.yaml import YAML
@@ -187,3 +188,49 @@ def test_preset_command_writes_and_checks(tmp_path):
     assert "dpo.lr: 1e-06 (preset real: 5e-06)" in out
     r = subprocess.run([*run, "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "real" in r.stdout
+
+
+def _imports(package: Path) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports anywhere (function-level imports included)."""
+    import ast
+
+    modules = {".".join(f.relative_to(package.parent).with_suffix("").parts).removesuffix(".__init__"): f
+               for f in package.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, file in modules.items():
+        here = name.split(".") if file.name == "__init__.py" else name.split(".")[:-1]
+        deps = set()
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(here[:len(here) - node.level + 1] + [node.module or ""]).strip(".") \
+                    if node.level else node.module or ""
+                found = [base, *(f"{base}.{a.name}" for a in node.names)]
+            else:
+                continue
+            deps |= {d for d in found if d in modules and d != name}
+        graph[name] = deps
+    return graph
+
+
+def test_the_package_has_no_import_cycle_and_params_knows_no_section():
+    """Function-level imports count: a cycle through them is still a cycle (params -> presets -> every section ->
+    params was one). The package root, which wires presets' check into params, is left out as a target."""
+    graph = _imports(Path(params.__file__).parent)
+    assert graph["kospi_ft.params"] - {"kospi_ft"} <= {"kospi_ft.errors", "kospi_ft.atomic"}
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph[node] - {"kospi_ft"}):
+            assert state.get(dep) != 1, f"import cycle: {' -> '.join(path[path.index(dep):] + [dep])}"
+            if dep not in state:
+                visit(dep, path + [dep])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    # Every read still checks the presets, through the check the package registered.
+    assert presets.check in params.RAW_CHECKS

@@ -83,7 +83,7 @@ class ModelLocator:
     @classmethod
     def from_params(cls, raw: dict) -> "ModelLocator":
         """The locator for a params.yaml (`paths`, `export.quant`, `export.ollama_prefix`, `model.name`)."""
-        from .. import params, presets
+        from .. import params
         from ..base_model import load_params as load_model_params
         from ..export.config import ExportParams
 
@@ -91,7 +91,7 @@ class ModelLocator:
         export = params.load("export", ExportParams, raw=raw)
         model = load_model_params(raw)
         return cls(gguf_dir=paths.gguf_dir, models_dir=paths.models_dir, quant=export.quant,
-                   ollama_prefix=export.ollama_prefix, hf_base=model.name, require_gpu=presets.is_real(raw),
+                   ollama_prefix=export.ollama_prefix, hf_base=model.name, require_gpu=params.is_real(raw),
                    hf_revision=model.revision)
 
     @staticmethod

@@ -270,13 +270,19 @@ def _train_mode(model) -> None:
         model.train()
 
 
+def row_lengths(dataset):
+    """Token count of each row of a tokenized SFT dataset, as a numpy array, counted in Arrow (Stage 1 holds ~10^5
+    rows) without reading them into Python lists."""
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_numpy(zero_copy_only=False)
+
+
 def _row_lengths(dataset):
     """Tokens per training row (DPO: prompt + the longer answer) as a numpy array, from the tokenized columns."""
     import numpy as np
 
     if "input_ids" in dataset.column_names:
-        from .sft import row_lengths  # counted in Arrow: Stage 1 holds ~10^5 rows
-
         return row_lengths(dataset)
     prompt, chosen, rejected = (np.asarray(x) for x in dpo_lengths(dataset))
     return prompt + np.maximum(chosen, rejected)

@@ -30,7 +30,7 @@ from .backends import LoraParams
 from .common import (RunInfo, RunPaths, Timer, TrainParams, check_messages, held_out_slice, learning_params,
                      recipe_layout, restore_trained_adapter, run_summary, trainer_arguments, training_callbacks,
                      write_outputs)
-from .layouts import Layout, TrainSetup
+from .layouts import Layout, TrainSetup, row_lengths
 from .lm_head import completion_only_scoring
 
 log = logging.getLogger(__name__)
@@ -64,13 +64,6 @@ def load_conversations(path: Path) -> list[dict]:
             raise DataValidationError(f"{path}:{n}: messages: no assistant turn to learn from")
         out.append({"messages": messages})
     return out
-
-
-def row_lengths(dataset):
-    """Token count of each row, as a numpy array, without reading the rows into Python lists."""
-    import pyarrow.compute as pc
-
-    return pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_numpy(zero_copy_only=False)
 
 
 def count_label_tokens(dataset) -> tuple[int, int]:
