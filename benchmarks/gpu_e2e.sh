@@ -166,10 +166,10 @@ case $PHASE in
     ;;
   layout)
     # train.layout auto against today's recipe, each stage uncapped and capped to 24 / 16 GiB
-    # (train.memory_limit_gib): benchmarks/results/h200-7b-auto-layout.jsonl. Three calls: LAYOUT_PART=1 (Stage 1),
+    # (train.memory_limit_gib): benchmarks/results/h200-7b-auto-layout.jsonl. Four calls: LAYOUT_PART=1 (Stage 1),
     # 2 (Stage 2 capped, its anchor and recipe), 3 (DPO: recipe and auto), 4 (a short re-check: Stage 2 at 16 GiB,
-    # DPO auto at LAYOUT_CAPS). No CUDA llama.cpp build in the
-    # background here: its 16 compiler processes would share the CPU with the runs being timed.
+    # DPO auto at LAYOUT_CAPS). No CUDA llama.cpp build in the background here: its 16 compiler processes would
+    # share the CPU with the runs being timed.
     make_base
     if [ ! -f "$WORK/data/dpo/pairs.jsonl" ]; then
       $E2E prepare "$WORK" --model /tmp/m7b && $E2E repro "$WORK" market snapshots synthesize stage2_data \
@@ -181,6 +181,15 @@ case $PHASE in
     step() { echo "== $*" >&2; "$@" 2>&1 | tee -a "$E2E_LOGS/layout.full" | grep -E '^\{"(backend|bench)' | tee -a "$L"; }
     S2="--stage stage2 --data $WORK/data/stage2/train.jsonl --records 160"
     DP="--stage dpo --data $WORK/data/dpo/pairs.jsonl --records 120 --adapter /tmp/layout-s2"
+    # DPO auto at LAYOUT_CAPS (or the caps given), in order ("none": uncapped); each starts only before
+    # LAYOUT_STOP_S seconds.
+    dpo_caps() {
+      for cap in ${LAYOUT_CAPS:-$*}; do
+        [ "$SECONDS" -lt "${LAYOUT_STOP_S:-99999}" ] || break
+        [ "$cap" = none ] && cap=""
+        step $AUTO $DP ${cap:+--cap $cap}
+      done
+    }
     if [ "${LAYOUT_PART:-1}" = 1 ]; then
       step $A --seq 2048
       step $AUTO --stage stage1 --records 900 --layout recipe
@@ -194,22 +203,13 @@ case $PHASE in
     elif [ "$LAYOUT_PART" = 4 ]; then
       # A short re-check: Stage 2 at 16 GiB (its adapter feeds DPO), then DPO auto at LAYOUT_CAPS (default 24).
       step $AUTO $S2 --cap 16 --adapter-out /tmp/layout-s2
-      for cap in ${LAYOUT_CAPS:-24}; do
-        [ "$SECONDS" -lt "${LAYOUT_STOP_S:-99999}" ] || break
-        [ "$cap" = none ] && cap=""
-        step $AUTO $DP ${cap:+--cap $cap}
-      done
+      dpo_caps 24
     else
       # DPO: today's recipe and auto uncapped, 24 and 16 GiB. A fresh machine has no Stage 2 adapter yet: one step
       # of Stage 2 writes one (DPO's speed does not depend on the adapter's values).
       [ -f /tmp/layout-s2/adapter_config.json ] || step $AUTO $S2 --steps 1 --adapter-out /tmp/layout-s2
       step $AUTO $DP --layout recipe
-      # LAYOUT_CAPS: the caps to run, in order ("none": uncapped); each starts only before LAYOUT_STOP_S seconds.
-      for cap in ${LAYOUT_CAPS:-none 24 16}; do
-        [ "$SECONDS" -lt "${LAYOUT_STOP_S:-99999}" ] || break
-        [ "$cap" = none ] && cap=""
-        step $AUTO $DP ${cap:+--cap $cap}
-      done
+      dpo_caps none 24 16
     fi
     cat "$RES"/auto-layout-runs*.jsonl > /tmp/auto-all.jsonl 2>/dev/null
     python3 "$HERE/benchmarks/gpu_train_bench.py" auto-rows /tmp/auto-all.jsonl | tee "$RES/auto-layout-rows.jsonl"

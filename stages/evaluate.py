@@ -163,10 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     prices = trading.Prices.from_store(MarketSnapshotStore.from_dir(paths.snapshots_dir))
     if args.trading_dates:
         rows = trading.trading_dates(trading.eval_samples(records, [""] * len(records)), prices, cfg.horizon_days)
-        columns = ["date", "horizon_days", "true_regime", "market_forward_return"]
-        atomic.write_text(paths.trading_dates, "".join(
-            ",".join("" if row[c] is None else str(row[c]) for c in columns) + "\n"
-            for row in [dict(zip(columns, columns)), *rows]))
+        atomic.write_text(paths.trading_dates, trading.trading_dates_csv(rows))
         print(f"{paths.trading_dates}: {len(rows)} eval dates, horizon {cfg.horizon_days} trading days")
         return
     pairs = likelihood.load_pairs(paths.eval_pairs) if cfg.likelihood and args.eval_set is None else []

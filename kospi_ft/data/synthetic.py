@@ -56,6 +56,7 @@ from ..strategy import (
     MOMENTUM_GAP_MIN, MOMENTUM_VOLUME_MIN, REGIME_ORDER, RULES, fx_direction, gap_direction, impact_label,
     mdd_breached, rule_violations, shift_regime, stop_decision, us_composite, valuation_verdict,
 )
+from .market import month_bounds
 from .quotas import allocate
 from .regime import Regime, classify
 from .scenarios import FX_SENSITIVITY, SHOCKS, US_EVENTS, Shock, UsEvent
@@ -155,11 +156,6 @@ def eval_months(year: int) -> tuple[int, ...]:
     return EVAL_MONTHS.get(year, (1 + (5 * year) % 12,))
 
 
-def _month_bounds(year: int, month: int) -> tuple[dt.date, dt.date]:
-    first = dt.date(year, month, 1)
-    return first, (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1) - dt.timedelta(days=1)
-
-
 def date_split(day: dt.date) -> str:
     """'eval' inside an eval month (`eval_months`); EMBARGO less than EMBARGO_CALENDAR_DAYS calendar days from an
     eval date; else 'train'. A pure function of the date: no data, weekday or holiday calendar involved."""
@@ -167,7 +163,7 @@ def date_split(day: dt.date) -> str:
         return "eval"
     for year in (day.year - 1, day.year, day.year + 1):   # the embargo (< 42 days) never reaches further
         for month in eval_months(year):
-            first, last = _month_bounds(year, month)
+            first, last = month_bounds([(year, month)])
             if (first - day).days < EMBARGO_CALENDAR_DAYS and (day - last).days < EMBARGO_CALENDAR_DAYS:
                 return EMBARGO
     return "train"

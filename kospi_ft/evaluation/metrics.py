@@ -80,15 +80,21 @@ def score_values(data: Any) -> list[Any]:
     return [value for key, value in _walk(data) if key.lower() in SCORE_KEYS]
 
 
-def score_in_range(value: Any) -> bool:
-    """A real JSON number (not a bool, not NaN/inf) within [-1, 1]."""
+def json_number(value: Any) -> float | None:
+    """A real JSON number (not a bool, a string, NaN or inf) as a float, else None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
+        return None
     try:
         v = float(value)
     except OverflowError:  # an int with hundreds of digits
-        return False
-    return math.isfinite(v) and -1.0 <= v <= 1.0
+        return None
+    return v if math.isfinite(v) else None
+
+
+def score_in_range(value: Any) -> bool:
+    """A real JSON number (not a bool, not NaN/inf) within [-1, 1]."""
+    v = json_number(value)
+    return v is not None and -1.0 <= v <= 1.0
 
 
 def rationale_text(data: Any) -> str:

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..data.regime import PRECEDENCE, Regime
+from .metrics import json_number
 from .parsing import extract_json
 
 DECIMALS = 6
@@ -82,20 +83,17 @@ def _num(x: Any, decimals: int = DECIMALS) -> float | None:
     return round(x, decimals) + 0.0 if math.isfinite(x) else None   # + 0.0: no "-0.0" in the JSON
 
 
-def _real(x: Any) -> float | None:
-    """A finite JSON number as float (bools and strings are not numbers), else None."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    try:
-        x = float(x)
-    except OverflowError:
-        return None
-    return x if math.isfinite(x) else None
+def _means(pairs: Iterable[tuple[str, float]]) -> dict[str, float]:
+    """{key: mean of its values} over (key, value) pairs."""
+    acc: dict[str, list[float]] = {}
+    for key, value in pairs:
+        acc.setdefault(key, []).append(value)
+    return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
 def exposure_of(answer: Mapping[str, Any] | None) -> float:
     """The answer's equity exposure; 0 (cash) when it is missing or outside [0, 1]."""
-    e = _real(answer.get("exposure")) if isinstance(answer, Mapping) else None
+    e = json_number(answer.get("exposure")) if isinstance(answer, Mapping) else None
     return e if e is not None and 0.0 <= e <= 1.0 else 0.0
 
 
@@ -107,11 +105,9 @@ def position_scores(answer: Mapping[str, Any] | None) -> dict[str, float]:
     often sits at the max_position_weight cap, which makes ties and hides the view.
     """
     positions = answer.get("positions") if isinstance(answer, Mapping) else None
-    acc: dict[str, list[float]] = {}
-    for p in positions if isinstance(positions, list) else []:
-        if isinstance(p, Mapping) and isinstance(p.get("ticker"), str) and _real(p.get("score")) is not None:
-            acc.setdefault(p["ticker"], []).append(_real(p["score"]))
-    return {t: float(np.mean(v)) for t, v in acc.items()}
+    valid = [p for p in (positions if isinstance(positions, list) else [])
+             if isinstance(p, Mapping) and isinstance(p.get("ticker"), str) and json_number(p.get("score")) is not None]
+    return _means((p["ticker"], json_number(p["score"])) for p in valid)
 
 
 def predicted_regime(sample: TradingSample) -> str:
@@ -334,11 +330,8 @@ class _Dates:
 
 
 def _mean_scores(answers: list[Mapping[str, Any] | None]) -> dict[str, float]:
-    acc: dict[str, list[float]] = {}
-    for a in answers:
-        for t, s in position_scores(a).items():
-            acc.setdefault(t, []).append(s)
-    return {t: float(np.mean(v)) for t, v in acc.items()}
+    """Per ticker, the mean of the answers' position scores (several samples on one date)."""
+    return _means(item for a in answers for item in position_scores(a).items())
 
 
 def _group(samples: Sequence[TradingSample], prices: Prices, horizon_days: int) -> _Dates:
@@ -407,6 +400,15 @@ def trading_block(samples: Sequence[TradingSample], prices: Prices, horizon_days
         "selection": model["selection"],
         "baselines": {name: block(name) for name in BASELINES},
     }
+
+
+DATES_COLUMNS = ("date", "horizon_days", "true_regime", "market_forward_return")
+
+
+def trading_dates_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """trading_dates.csv's text from `trading_dates` rows: a header, then one line per date (empty for null)."""
+    return "".join(",".join("" if row[c] is None else str(row[c]) for c in DATES_COLUMNS) + "\n"
+                   for row in [dict(zip(DATES_COLUMNS, DATES_COLUMNS)), *rows])
 
 
 def trading_dates(samples: Sequence[TradingSample], prices: Prices, horizon_days: int) -> list[dict[str, Any]]:
