@@ -167,7 +167,7 @@ case $PHASE in
   layout)
     # train.layout auto against today's recipe, each stage uncapped and capped to 24 / 16 GiB
     # (train.memory_limit_gib): benchmarks/results/h200-7b-auto-layout.jsonl. Four calls: LAYOUT_PART=1 (Stage 1),
-    # 2 (Stage 2 capped, its anchor and recipe), 3 (DPO: recipe and auto), 4 (a short re-check: Stage 2 at 16 GiB,
+    # 2 (Stage 2 capped at LAYOUT_CAPS, default 24 16, its anchor and recipe), 3 (DPO: recipe and auto), 4 (a short re-check: Stage 2 at 16 GiB,
     # DPO auto at LAYOUT_CAPS). No CUDA llama.cpp build in the background here: its 16 compiler processes would
     # share the CPU with the runs being timed.
     make_base
@@ -199,7 +199,7 @@ case $PHASE in
       # layout fits only micro-batch 1 and is raced against unsloth's recompute at a larger one.
       step $A --seq 4096
       step $AUTO $S2 --layout recipe
-      for cap in 24 16; do step $AUTO $S2 --cap $cap; done
+      for cap in ${LAYOUT_CAPS:-24 16}; do step $AUTO $S2 --cap $cap; done
     elif [ "$LAYOUT_PART" = 4 ]; then
       # A short re-check: Stage 2 at 16 GiB (its adapter feeds DPO), then DPO auto at LAYOUT_CAPS (default 24).
       step $AUTO $S2 --cap 16 --adapter-out /tmp/layout-s2
