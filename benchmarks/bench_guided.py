@@ -1,8 +1,9 @@
-"""Benchmark: guided (JSON-schema grammar) vs free decoding on one GGUF: same prompts, same call, same settings.
+"""Benchmark: guided (llguidance's token masks of a JSON schema) vs free decoding on one GGUF: same prompts, same
+call, same settings.
 
 Each eval record is answered twice through `LlamaCppBackend` (llama.cpp in its own process, greedy, every prompt
 starting from the system prompt's KV cache): free, then guided by its task's JSON schema (kospi_ft.json_schema ->
-kospi_ft.grammar). Prints generated tokens/s of both, their ratio (issue 23's target: guided >= 0.75x free),
+kospi_ft.guidance). Prints generated tokens/s of both, their ratio (issue 23's target: guided >= 0.75x free),
 and how many guided replies are valid JSON and valid answers.
 
     python benchmarks/bench_guided.py                                   # models/gguf/base, 6 records

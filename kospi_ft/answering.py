@@ -32,11 +32,16 @@ Message = dict[str, str]
 
 def prompt_for_date(store, day: dt.date, task, *, seed: int = 0) -> list[Message]:
     """The chat prompt (system + user) the synthetic generator renders for `task` on the store's snapshot `day`."""
+    return record_for_date(store, day, task, seed=seed)["messages"][:2]
+
+
+def record_for_date(store, day: dt.date, task, *, seed: int = 0) -> dict[str, Any]:
+    """The eval-set record the synthetic generator builds for `task` on the store's snapshot `day`: the prompt,
+    the rule's reference answer, and meta (date, the store's regime, source "real")."""
     import numpy as np
 
     from .data import synthetic as syn
     from .data.templates import FORMAT_SHARES
-    from .prompts import QUANT_SYSTEM_PROMPT
     from .schema import TaskType
 
     task = TaskType(task)
@@ -50,8 +55,10 @@ def prompt_for_date(store, day: dt.date, task, *, seed: int = 0) -> list[Message
     rng = syn.Draws(np.random.default_rng([seed, day.toordinal()]))
     pick, scenario = syn._stock_pick(task, rng)
     fmt = list(FORMAT_SHARES)[rng.integers(len(FORMAT_SHARES))]
-    user, _, _, _ = syn.compose(task, syn.real_view(snap, pick, rng), rng, fmt, scenario)
-    return [{"role": "system", "content": QUANT_SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    user, built, view, template_id = syn.compose(task, syn.real_view(snap, pick, rng), rng, fmt, scenario)
+    return syn.chat_record(user, built.answer, task, {
+        "date": view.date, "regime": view.regime, "source": view.source, "format": fmt, "template": template_id,
+        **built.meta})
 
 
 def prompt_from_file(path: Path) -> list[Message]:

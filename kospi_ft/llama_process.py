@@ -12,7 +12,7 @@ imports pyarrow, pandas or torch:
     python -m kospi_ft.llama_process '{"call": "kospi_ft.export.quantize:quantize_here", "kwargs": {...}}'
     python -m kospi_ft.llama_process '{"session": {"gguf": "...", "options": {...}}}'   # then requests on stdin
 
-A request may carry a JSON `schema`: its reply is then decoded guided by the schema's grammar (kospi_ft.grammar).
+A request may carry a JSON `schema`: its reply is then decoded guided by it (kospi_ft.guidance).
 
 `call` runs one function there and returns its JSON result; `Session` keeps one GGUF loaded for many generations
 (`kospi_ft.evaluation.llama_session.LlamaSession`). Every reply is one JSON line on the child's original stdout

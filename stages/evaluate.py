@@ -19,6 +19,14 @@ A model only Ollama has (or a .gguf path) has none: its likelihood keys are null
 e.g. your held-out reasoning logs (paths.logs_eval), whose ROUGE-L is against each line's reasoning text (the
 preference metrics then are left out: the held-out pairs belong to paths.eval_set).
 
+Every metrics file has a `guided` block when evaluate.guided_samples > 0: the first of the selected records
+answered again, decoded guided by their task's JSON schema (kospi_ft.guidance; Ollama: `format`), scored by the
+same scorers under the same keys (the likelihood blocks score reference answers, not replies: free block only).
+
+With evaluate.regime_dates != 0 (the real preset: every one), a `regime_pass` block: regime_classification asked,
+guided, on the snapshot store's eval-month days, scored for regime accuracy and timing like the `trading` block:
+many more out-of-sample dates than the eval set holds, at the price of short answers.
+
 Every metrics file has a `trading` block (kospi_ft.evaluation.trading): the reply's regime against the snapshot
 store's, and, for the records drawn from real snapshots, the reply's exposure and position scores held for
 evaluate.horizon_days trading days against buy-and-hold, the rule, momentum and random. --name also writes
@@ -37,7 +45,8 @@ from kospi_ft.errors import ParamsError, PipelineError
 from kospi_ft.evaluation import likelihood, trading
 from kospi_ft.evaluation.compare import deltas
 from kospi_ft.evaluation.config import EvaluateParams, ModelLocator
-from kospi_ft.evaluation.runner import EvalRecord, EvalResult, evaluate, load_eval_set, select
+from kospi_ft.evaluation.runner import EvalRecord, EvalResult, date_records, evaluate, load_eval_set, select
+from kospi_ft.schema import TaskType
 
 from ._main import run
 
@@ -55,6 +64,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                "else paths.eval_results)")
     p.add_argument("--backend", choices=["llamacpp", "ollama", "hf"], help="evaluate.backend")
     p.add_argument("--max-new-tokens", type=int, help="evaluate.max_new_tokens")
+    p.add_argument("--guided-samples", type=int, help="records also decoded guided by their task's JSON schema, "
+                                                      "0 = none (evaluate.guided_samples)")
+    p.add_argument("--guided-max-new-tokens", type=int, help="evaluate.guided_max_new_tokens")
+    p.add_argument("--regime-dates", type=int, help="eval-month days of the snapshot store asked regime_classification, "
+                                                    "guided, 0 = none (evaluate.regime_dates)")
     p.add_argument("--ollama-url", help="Ollama base URL (evaluate.ollama_url)")
     p.add_argument("--gpu-layers", type=int, help="llama.cpp layers on the GPU, -1 = all (evaluate.gpu_layers)")
     p.add_argument("--threads", type=int, help="llama.cpp threads, 0 = all cores (evaluate.threads)")
@@ -72,12 +86,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _run_one(cfg: EvaluateParams, locator: ModelLocator, ref: str, records: list[EvalRecord],
-             progress: bool) -> EvalResult:
+Pass = tuple[list[EvalRecord], int, bool]   # records, reply budget, guided
+
+
+def _run_one(cfg: EvaluateParams, locator: ModelLocator, ref: str, passes: dict[str, Pass],
+             progress: bool) -> dict[str, EvalResult]:
+    """Every pass with records (free, guided, regime) on one backend: one model load."""
     backend = locator.open(cfg, ref)
     try:
-        return evaluate(backend, records, max_new_tokens=cfg.max_new_tokens, rouge=cfg.rouge,
-                        korean_threshold=cfg.korean_threshold, progress=progress, desc=f"evaluate {ref}")
+        return {name: evaluate(backend, records, max_new_tokens=budget, guided=guided, rouge=cfg.rouge,
+                               korean_threshold=cfg.korean_threshold, progress=progress,
+                               desc=f"evaluate {ref}" + ("" if name == "free" else f" {name}"))
+                for name, (records, budget, guided) in passes.items() if records}
     finally:
         backend.close()
 
@@ -122,6 +142,11 @@ def _summary(name: str, m: dict) -> str:
     def num(v):
         return "n/a" if v is None else f"{v:.4f}"
 
+    guided = m.get("guided")
+    guided_line = "" if guided is None else (
+        f"; guided ({guided['n_samples']}): json {pct(guided['json']['valid_rate'])}, schema "
+        f"{pct(guided['schema']['compliance_rate'])}, strategy {pct(guided['strategy']['consistency_rate'])}, "
+        f"{guided['throughput']['gen_tokens_per_s']} tok/s")
     return (f"{name}: json {pct(m['json']['valid_rate'])} (unwrapped {pct(m['json']['unwrapped_rate'])}), "
             f"schema {pct(m['schema']['compliance_rate'])}, signal {pct(m['signal']['in_range_rate'])}, "
             f"korean {pct(m['korean']['rationale_rate'])}, strategy {pct(m['strategy']['consistency_rate'])}, "
@@ -129,7 +154,8 @@ def _summary(name: str, m: dict) -> str:
             f"answer nll {num(m['likelihood']['answer_nll'])}, preference accuracy "
             f"{pct(m['preference']['accuracy'])} margin {num(m['preference']['margin_mean'])}, "
             f"regime accuracy {pct(m['trading']['regime']['accuracy'])}, timing sharpe "
-            f"{num(m['trading']['timing']['sharpe'])}, rank IC {num(m['trading']['selection']['rank_ic_mean'])}")
+            f"{num(m['trading']['timing']['sharpe'])}, rank IC {num(m['trading']['selection']['rank_ic_mean'])}"
+            f"{guided_line}")
 
 
 def _write_trading_plots(directory: Path, samples: list[trading.TradingSample], prices: trading.Prices,
@@ -147,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     raw = params.read_raw(args.params)
     cfg = params.load("evaluate", EvaluateParams, raw=raw, overrides={
         "backend": args.backend, "n_samples": args.n_samples, "max_new_tokens": args.max_new_tokens,
+        "guided_samples": args.guided_samples, "guided_max_new_tokens": args.guided_max_new_tokens,
+        "regime_dates": args.regime_dates,
         "ollama_url": args.ollama_url, "rouge": args.rouge, "likelihood": args.likelihood,
         "base_model": args.base_model, "ft_model": args.ft_model, "gpu_layers": args.gpu_layers,
         "threads": args.threads, "horizon_days": args.horizon_days})
@@ -160,7 +188,9 @@ def main(argv: list[str] | None = None) -> None:
     eval_set = args.eval_set or paths.eval_set
     held_out = load_eval_set(eval_set)
     records = select(held_out, cfg.n_samples)
-    prices = trading.Prices.from_store(MarketSnapshotStore.from_dir(paths.snapshots_dir))
+    guided_records = select(records, cfg.guided_samples)  # the first of them, round-robin over tasks again
+    store = MarketSnapshotStore.from_dir(paths.snapshots_dir)
+    prices = trading.Prices.from_store(store)
     if args.trading_dates:
         rows = trading.trading_dates(trading.eval_samples(records, [""] * len(records)), prices, cfg.horizon_days)
         atomic.write_text(paths.trading_dates, trading.trading_dates_csv(rows))
@@ -168,6 +198,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     pairs = likelihood.load_pairs(paths.eval_pairs) if cfg.likelihood and args.eval_set is None else []
     progress = not args.no_progress
+    regime_records = [] if cfg.regime_dates == 0 or args.eval_set else date_records(
+        store, TaskType.REGIME_CLASSIFICATION.value, cfg.regime_dates, cfg.seed)
+    passes = {"free": (records, cfg.max_new_tokens, False),
+              "guided": (guided_records, cfg.guided_max_new_tokens, True),
+              "regime": (regime_records, cfg.guided_max_new_tokens, True)}
     logger.info("%d eval records from %s, backend %s", len(records), eval_set, cfg.backend)
 
     refs = [args.name] if args.name else [cfg.base_model, cfg.ft_model]
@@ -177,11 +212,24 @@ def main(argv: list[str] | None = None) -> None:
     scored = _likelihood_models(cfg, locator, refs, asked=args.likelihood is True)
 
     def run_one(ref: str) -> EvalResult:
-        result = _run_one(cfg, locator, ref, records, progress)
+        results = _run_one(cfg, locator, ref, passes, progress)
+        result = results["free"]
         blocks = _likelihood(ref, locator, held_out, pairs, progress) if ref in scored else likelihood.empty_blocks()
         result.metrics = likelihood.merge(result.metrics, blocks)
         result.trading = trading.eval_samples(records, result.replies)
         result.metrics["trading"] = trading.trading_block(result.trading, prices, cfg.horizon_days, cfg.seed)
+        if "guided" in results:
+            # What production sees: the same scorers on the guided replies. The likelihood blocks score the
+            # reference answers, not the replies, so they are the free block's alone.
+            guided = results["guided"]
+            result.metrics["guided"] = {**guided.metrics, "trading": trading.trading_block(
+                trading.eval_samples(guided_records, guided.replies), prices, cfg.horizon_days, cfg.seed)}
+        if "regime" in results:
+            regime = results["regime"]
+            result.metrics["regime_pass"] = {
+                "n_samples": len(regime.replies), "schema_compliance_rate": regime.metrics["schema"]["compliance_rate"],
+                **trading.trading_block(trading.eval_samples(regime_records, regime.replies), prices,
+                                        cfg.horizon_days, cfg.seed)}
         return result
 
     if args.name:

@@ -273,6 +273,19 @@ def test_metrics_diff_shows_stage3_changing(work):
     assert diff["metrics/train/stage3.json"]["eval_reward_margin"]["diff"] != 0
 
 
+def test_guided_replies_of_every_model_are_valid_answers(work):
+    """The guided pass (evaluate.guided_samples) of the random-init model and its fine-tunes: every reply parses and
+    passes the schema, so the strategy and trading scorers run on real replies; the free pass's replies do not."""
+    ev = _eval_metrics(work["clone"])
+    for name, m in ev.items():
+        guided = m["guided"]
+        assert guided["n_samples"] >= 1 and guided["json"]["valid_rate"] == 1.0, (name, guided["json"])
+        assert guided["schema"]["compliance_rate"] == 1.0, (name, guided["schema"])
+        assert guided["trading"]["regime"]["n"] == guided["n_samples"]
+        assert set(guided) == set(m) - {"guided", "likelihood", "preference"}
+        assert m["json"]["valid_rate"] == 0.0
+
+
 def test_plots_render_training_curves_and_eval_comparison(work):
     out = work["base"] / "plots"
     dvc(work["clone"], "plots", "show", "-o", str(out))

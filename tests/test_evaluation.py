@@ -5,6 +5,7 @@ chain builds, HF + PEFT on a tiny model) and the evaluate/compare stages end to 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import http.server
 import json
 import math
@@ -24,7 +25,7 @@ from kospi_ft.evaluation.parsing import Method, extract_json
 from kospi_ft.evaluation.runner import EvalRecord, evaluate, load_eval_set, select
 from kospi_ft.evaluation.text import RougeL, hangul_share, tokenize_mixed
 from kospi_ft.prompts import QUANT_SYSTEM_PROMPT
-from kospi_ft.schema import TaskType
+from kospi_ft.schema import TaskType, schema_errors
 from model_fixtures import FakeOllama as _FakeOllama
 from model_fixtures import build_tiny_gguf, build_tiny_hf, fake_ollama
 
@@ -517,8 +518,16 @@ def test_evaluate_and_compare_stages_end_to_end(tmp_path, monkeypatch, project_r
                                                             "n": 2, "schema_compliance_rate": 1.0}
     assert files["stage3"]["per_task"]["overnight_gap"]["schema_compliance_rate"] == 0.0
     sent = [b for p, b in ollama_server.requests if p == "/api/chat"]
-    budget = params.load("evaluate", EvaluateParams, path="params.yaml").max_new_tokens
-    assert len(sent) == 12 and all(b["options"]["num_predict"] == budget for b in sent)
+    cfg = params.load("evaluate", EvaluateParams, path="params.yaml")
+    free = [b for b in sent if "format" not in b]
+    assert len(free) == 12 and all(b["options"]["num_predict"] == cfg.max_new_tokens for b in free)
+    # The guided pass: the first guided_samples records again, each with its task's JSON schema as `format`.
+    guided = [b for b in sent if "format" in b]
+    assert len(guided) == 3 * cfg.guided_samples and cfg.guided_samples == 2
+    assert [b["format"]["title"] for b in guided[:2]] == ["full_analysis", "regime_classification"]
+    assert all(b["options"]["num_predict"] == cfg.guided_max_new_tokens for b in guided)
+    assert files["stage3"]["guided"]["n_samples"] == 2 and files["stage3"]["guided"]["json"]["direct_rate"] == 1.0
+    assert files["stage3"]["guided"]["per_task"]["full_analysis"]["schema_compliance_rate"] == 1.0
     # Likelihood: every eval record (not only the n_samples answered), on each model's own weights.
     nll = {n: m["likelihood"]["answer_nll"] for n, m in files.items()}
     assert all(m["likelihood"]["n_records"] == 6 and m["preference"]["n_pairs"] == 2 for m in files.values())
@@ -531,6 +540,16 @@ def test_evaluate_and_compare_stages_end_to_end(tmp_path, monkeypatch, project_r
     assert trade["stage3"]["regime"]["accuracy"] == 0.5 and trade["base"]["regime"]["accuracy"] == 0.0
     assert trade["stage3"]["timing"] == trade["stage3"]["baselines"]["rule"]["timing"]
     assert trade["stage3"]["timing"]["n_dates"] == 4 and trade["base"]["timing"]["mean_return"] == 0.0
+    # The regime pass: regime_classification on 3 of the store's eval-month days (August 2024 here), guided.
+    ollama_server.requests.clear()
+    evaluate_stage.main(["--name", "stage3", "--n-samples", "4", "--guided-samples", "0", "--regime-dates", "3",
+                         "--no-likelihood", "--output", str(tmp_path / "regime_pass.json"), "--no-progress"])
+    rp = json.loads((tmp_path / "regime_pass.json").read_text())["regime_pass"]
+    sent = [b for p, b in ollama_server.requests if p == "/api/chat"]
+    assert [b.get("format", {}).get("title") for b in sent] == [None] * 4 + ["regime_classification"] * 3
+    assert rp["n_samples"] == 3 and rp["regime"]["n"] == 3 and rp["excluded"] == 0
+    assert set(rp) >= {"regime", "timing", "selection", "baselines", "schema_compliance_rate"}
+    assert rp["timing"]["n_dates"] + rp["dropped_dates"] == 3
     evaluate_stage.main(["--trading-dates", "--n-samples", "4"])
     dates = paths.trading_dates.read_text().splitlines()
     assert dates[0] == "date,horizon_days,true_regime,market_forward_return" and len(dates) == 5
@@ -775,3 +794,24 @@ def test_evaluate_stage_with_every_layer_on_the_gpu(tiny_gguf, tmp_path, monkeyp
                          "--no-progress", "--output", "out.json"])
     m = json.loads(Path("out.json").read_text())
     assert m["n_samples"] == 2 and m["throughput"]["gen_tokens_per_s"] > 0, m
+
+
+def test_date_records_ask_the_eval_month_days_as_the_generator_does(tmp_path):
+    """The regime pass's questions: only eval-month days (out of sample), spread evenly, each the generator's
+    prompt for that day with the rule's answer as reference and the store's regime as truth."""
+    from kospi_ft.answering import prompt_for_date
+    from kospi_ft.data.synthetic import date_split
+    from kospi_ft.evaluation.runner import date_records
+
+    store = _simulated_store(tmp_path / "snapshots")
+    every = date_records(store, "regime_classification", None, seed=0)
+    assert every and all(date_split(dt.date.fromisoformat(r.meta["date"])) == "eval" for r in every)
+    assert len(every) == sum(date_split(d) == "eval" for d in store.dates)
+    some = date_records(store, "regime_classification", 4, seed=0)
+    assert [r.meta["date"] for r in some] == [every[i * len(every) // 4].meta["date"] for i in range(4)]
+    for r in some:
+        day = dt.date.fromisoformat(r.meta["date"])
+        assert r.meta["regime"] == store.snapshot(day).regime and r.meta["source"] == "real"
+        assert r.prompt == prompt_for_date(store, day, "regime_classification", seed=0)
+        assert schema_errors("regime_classification", r.reference) == []
+        assert json.loads(r.reference)["regime"] == r.meta["regime"]

@@ -1,5 +1,6 @@
-"""Guided decoding: the grammar's number ranges (kospi_ft.grammar), guided replies of the random-init tiny model
-(llama.cpp on its GGUF) that are valid answers, the guided-vs-free benchmark, and `python -m stages.ask`."""
+"""Guided decoding (kospi_ft.guidance): what the token masks let through (number ranges, decimals, ticker/name
+pairs, Korean text), guided replies of the random-init tiny model that are valid answers (llama.cpp on its GGUF,
+transformers on its weights), the guided-vs-free benchmark, and `python -m stages.ask`."""
 from __future__ import annotations
 
 import datetime as dt
@@ -13,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from kospi_ft.errors import PipelineError
-from kospi_ft.grammar import FRACTION_DIGITS, range_rule
-from kospi_ft.json_schema import task_schema
+from kospi_ft.guidance import FRACTION_DIGITS, grammar
+from kospi_ft.json_schema import korean_pattern, task_schema
 from kospi_ft.schema import schema_errors
 from model_fixtures import build_tiny_gguf, build_tiny_hf
 from test_synthetic import store  # noqa: F401  (the fixture: a 120-day snapshot store)
@@ -22,39 +23,46 @@ from test_synthetic import store  # noqa: F401  (the fixture: a 120-day snapshot
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# ---- number ranges, without llama.cpp -------------------------------------------------------------------------
+# ---- the token masks (llguidance) -------------------------------------------------------------------------------
 
-def _regex(body: str) -> re.Pattern:
-    """The GBNF of a range rule as a regex (it uses literals, classes, groups, ?, {m,n}, | and `space` only)."""
-    out, i = [], 0
-    while i < len(body):
-        if body[i] == '"':
-            j = body.index('"', i + 1)
-            out.append(re.escape(body[i + 1:j]))
-            i = j + 1
-        elif body[i] == "[":
-            j = body.index("]", i)
-            out.append(body[i:j + 1])
-            i = j + 1
-        elif body.startswith("space", i):
-            out.append(" ?")
-            i += 5
-        else:
-            out.append("" if body[i] == " " else body[i])
-            i += 1
-    return re.compile("".join(out))
+@pytest.fixture(scope="module")
+def tiny_hf_dir(tmp_path_factory) -> Path:
+    hf_dir, _ = build_tiny_hf(tmp_path_factory.mktemp("base"))
+    return hf_dir
+
+
+@pytest.fixture(scope="module")
+def lltokenizer(tiny_hf_dir):
+    from llguidance.hf import from_tokenizer
+
+    from kospi_ft.tokenizer import load_tokenizer
+
+    return from_tokenizer(load_tokenizer(str(tiny_hf_dir)))
+
+
+def _accepts(tokenizer, schema: dict, text: str) -> bool:
+    """Whether the guide lets a reply spell `text` and end there."""
+    from llguidance import LLMatcher
+
+    matcher = LLMatcher(tokenizer, grammar(schema), log_level=0)
+    return matcher.consume_tokens(tokenizer.tokenize_str(text)) and matcher.is_accepting()
 
 
 def _inside(schema: dict, text: str) -> bool:
-    """Whether `text` is a number the guided grammar should allow: in range, plain decimal notation."""
+    """Whether `text` spells, in plain decimal notation with at most FRACTION_DIGITS decimals, a value in range."""
     shape = r"-?(0|[1-9][0-9]{0,8})" + (rf"(\.[0-9]{{1,{FRACTION_DIGITS}}})?" if schema["type"] == "number" else "")
-    if not re.fullmatch(shape, text) or text.startswith("-") and decimal.Decimal(text) == 0:
+    if not re.fullmatch(shape, text):
         return False
     v, bound = decimal.Decimal(text), (lambda k: decimal.Decimal(repr(schema[k])))
     return all([v >= bound("minimum") if "minimum" in schema else True,
                 v <= bound("maximum") if "maximum" in schema else True,
                 v > bound("exclusiveMinimum") if "exclusiveMinimum" in schema else True,
                 v < bound("exclusiveMaximum") if "exclusiveMaximum" in schema else True])
+
+
+def _canonical(text: str) -> bool:
+    """No trailing zero in the fraction and no "-0": the one spelling of a value the guide must allow."""
+    return not re.search(r"\.[0-9]*0$", text) and text.lstrip("-").strip("0.") != "" or text == "0"
 
 
 NUMBERS = sorted({s for whole in ["0", "1", "2", "3", "5", "9", "10", "99", "100", "199", "200", "201", "999",
@@ -77,29 +85,31 @@ NUMBERS += [f"-{n}" for n in NUMBERS] + ["01", "-0", "00.5", "1e3", "1.", "."]
     {"type": "integer", "minimum": 0, "maximum": 9},                          # f_score
     {"type": "integer", "minimum": 1},                                        # step
 ])
-def test_range_rule_spells_exactly_the_numbers_inside(schema):
-    rule = _regex(range_rule(schema))
-    wrong = [n for n in NUMBERS if bool(rule.fullmatch(n)) != _inside(schema, n)]
-    assert wrong == [], (schema, wrong[:10])
+def test_guide_spells_only_numbers_inside_and_each_value_inside(lltokenizer, schema):
+    """Nothing out of range, over FRACTION_DIGITS decimals or in exponent form gets through; every value in range
+    can be spelled (in its canonical form: "0.3", not "0.30")."""
+    accepted = {n for n in NUMBERS if _accepts(lltokenizer, schema, n)}
+    assert sorted(n for n in accepted if not _inside(schema, n)) == []
+    assert sorted(n for n in NUMBERS if _inside(schema, n) and _canonical(n) and n not in accepted) == []
 
 
-def test_every_bound_of_the_schemas_is_carried_by_the_grammar():
-    """No number or integer range of any task falls back to a plain number."""
-    def walk(node):
-        if isinstance(node, dict):
-            if node.get("type") in ("number", "integer") and set(node) & {"minimum", "maximum", "exclusiveMinimum",
-                                                                          "exclusiveMaximum"}:
-                assert range_rule(node) is not None, node
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
+def test_guide_holds_the_universe_pairs_and_the_korean_pattern(lltokenizer):
+    from kospi_ft.data.universe import UNIVERSE
 
-    from kospi_ft.schema import TaskType
+    position = task_schema("full_analysis")["$defs"]["Position"]
+    schema = {**position, "$defs": task_schema("full_analysis")["$defs"]}
+    a, b = sorted(UNIVERSE, key=lambda s: s.code)[:2]
+    head = '{"ticker":"%s","name":"%s"'
+    from llguidance import LLMatcher
 
-    for task in TaskType:
-        walk(task_schema(task))
+    def prefix_ok(text):
+        matcher = LLMatcher(lltokenizer, grammar(schema), log_level=0)
+        return matcher.consume_tokens(lltokenizer.tokenize_str(text))
+
+    assert prefix_ok(head % (a.code, a.name_ko)) and not prefix_ok(head % (a.code, b.name_ko))
+    text = {"type": "string", "pattern": korean_pattern(200)}
+    assert _accepts(lltokenizer, text, '"삼성전자 매수"') and _accepts(lltokenizer, text, '"KOSPI200 하락"')
+    assert not _accepts(lltokenizer, text, '"no hangul here"') and not _accepts(lltokenizer, text, '"' + "가" * 201 + '"')
 
 
 def test_prompt_for_a_date_is_the_generators(store):  # noqa: F811
@@ -118,9 +128,8 @@ def test_prompt_for_a_date_is_the_generators(store):  # noqa: F811
 # ---- llama.cpp on the tiny random-init GGUF --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tiny_gguf(tmp_path_factory) -> Path:
-    hf_dir, _ = build_tiny_hf(tmp_path_factory.mktemp("base"))
-    return build_tiny_gguf(hf_dir, tmp_path_factory.mktemp("gguf"))
+def tiny_gguf(tiny_hf_dir, tmp_path_factory) -> Path:
+    return build_tiny_gguf(tiny_hf_dir, tmp_path_factory.mktemp("gguf"))
 
 
 @pytest.fixture(scope="module")
@@ -133,19 +142,29 @@ def prompt() -> list[dict]:
 
 def test_guided_reply_of_a_random_model_is_a_valid_answer(tiny_gguf, prompt):
     """A random-init model's free reply is gibberish; guided by the task's schema it is a valid answer (it ends
-    once the JSON is complete, well inside the token cap)."""
+    once the JSON is complete, inside the token cap)."""
     from kospi_ft.evaluation.backends import LlamaCppBackend
 
-    backend = LlamaCppBackend(tiny_gguf, seed=0, n_ctx=4096, n_threads=1)
+    backend = LlamaCppBackend(tiny_gguf, seed=0, n_ctx=8192, n_threads=1)
     try:
         free = backend.generate(prompt, 24)
-        guided = backend.generate(prompt, 2000, schema=task_schema("regime_classification"))
+        guided = backend.generate(prompt, 5000, schema=task_schema("regime_classification"))
     finally:
         backend.close()
     assert schema_errors("regime_classification", free.text)
-    assert guided.completion_tokens < 2000
+    assert guided.completion_tokens < 5000
     answer = json.loads(guided.text)
     assert schema_errors("regime_classification", answer) == [], guided.text[:500]
+
+
+def test_guided_reply_through_transformers_is_a_valid_answer(tiny_hf_dir, prompt):
+    """The hf backend guides with the same engine over the HF tokenizer (the model's padded vocabulary included)."""
+    from kospi_ft.evaluation.backends import HFBackend
+
+    backend = HFBackend(tiny_hf_dir, seed=0)
+    guided = backend.generate(prompt, 5000, schema=task_schema("regime_classification"))
+    assert guided.completion_tokens < 5000
+    assert schema_errors("regime_classification", json.loads(guided.text)) == [], guided.text[:500]
 
 
 def test_bench_guided_runs(tiny_gguf, capsys):

@@ -243,7 +243,7 @@ class _Echo:
     def __init__(self, text: str):
         self.text = text
 
-    def generate(self, messages, max_new_tokens, seed=None) -> Generation:
+    def generate(self, messages, max_new_tokens, seed=None, schema=None) -> Generation:
         return Generation(text=self.text, latency_s=0.01, prompt_tokens=1, completion_tokens=1)
 
     def close(self) -> None:

@@ -12,8 +12,8 @@ seed, so the same model file gives the same replies, and therefore the same scor
 - `OllamaBackend`: POST /api/chat (stream off) on a running Ollama; models by name (`ollama create` first).
 - `HFBackend`: a HF model dir or hub id, plus a PEFT adapter dir when given (the training stages' outputs).
 
-`LlamaCppBackend` and `OllamaBackend` take a `schema` (a task's JSON schema, `kospi_ft.json_schema`) to decode
-guided by it: a llama.cpp grammar (`kospi_ft.grammar`), Ollama's `format`.
+Every backend takes a `schema` (a task's JSON schema, `kospi_ft.json_schema`) to decode guided by it: llguidance
+over the GGUF's or the HF tokenizer's vocabulary (`kospi_ft.guidance`), Ollama's `format`.
 """
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ class Generation:
 class Backend(Protocol):
     description: str
 
-    def generate(self, messages: list[Message], max_new_tokens: int, seed: int | None = None) -> Generation: ...
+    def generate(self, messages: list[Message], max_new_tokens: int, seed: int | None = None,
+                 schema: dict | None = None) -> Generation: ...
 
     def close(self) -> None: ...
 
@@ -111,7 +112,7 @@ class LlamaCppBackend:
 
     def generate(self, messages: list[Message], max_new_tokens: int, seed: int | None = None,
                  schema: dict | None = None) -> Generation:
-        """A reply; with `schema` (a task's JSON schema, kospi_ft.json_schema), decoded guided by its grammar."""
+        """A reply; with `schema` (a task's JSON schema, kospi_ft.json_schema), decoded guided by it."""
         guided = {} if schema is None else {"schema": schema}
         self.last = self._session.request(op="generate", messages=messages, max_new_tokens=max_new_tokens,
                                           seed=seed, **guided)
@@ -236,8 +237,20 @@ class HFBackend:
         self._stop_ids = [EOS_TOKEN_ID, PAD_TOKEN_ID]
         self._pad_id = PAD_TOKEN_ID
 
-    def generate(self, messages: list[Message], max_new_tokens: int, seed: int | None = None) -> Generation:
+    def generate(self, messages: list[Message], max_new_tokens: int, seed: int | None = None,
+                 schema: dict | None = None) -> Generation:
+        """A greedy reply; with `schema`, decoded guided by it (kospi_ft.guidance: llguidance's mask as a
+        transformers logits processor)."""
         torch = self._torch
+        guided = {}
+        if schema is not None:
+            from transformers import LogitsProcessorList
+
+            from .. import guidance
+
+            guided["logits_processor"] = LogitsProcessorList([guidance.hf_processor(
+                self._tokenizer, guidance.grammar(schema), self._model.config.get_text_config().vocab_size,
+                self._stop_ids[:1], greedy=True)])
         enc = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                   return_dict=True).to(self._device)
         prompt_len = enc["input_ids"].shape[1]
@@ -245,7 +258,7 @@ class HFBackend:
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = self._model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                       eos_token_id=self._stop_ids, pad_token_id=self._pad_id)
+                                       eos_token_id=self._stop_ids, pad_token_id=self._pad_id, **guided)
         latency = time.perf_counter() - t0
         new = out[0, prompt_len:].tolist()
         n = len(new)

@@ -33,6 +33,9 @@ HEADLINE: dict[str, str] = {
     "timing_sharpe": "trading.timing.sharpe",
     "timing_mean_return": "trading.timing.mean_return",
     "rank_ic_mean": "trading.selection.rank_ic_mean",
+    # The guided pass (evaluate.guided_samples): what a trading system consuming guided replies sees.
+    "guided_schema_compliance_rate": "guided.schema.compliance_rate",
+    "guided_strategy_consistency_rate": "guided.strategy.consistency_rate",
 }
 
 

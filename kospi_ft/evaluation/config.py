@@ -33,13 +33,21 @@ class EvaluateParams(Section):
     backend: BackendName = "llamacpp"
     n_samples: int | None = Field(12, ge=1)     # records per model (round-robin over tasks); null = all
     max_new_tokens: int = Field(96, ge=1)
+    # The guided pass (kospi_ft.guidance): the first `guided_samples` of the selected records (round-robin over
+    # tasks) decoded guided by their task's JSON schema; its metrics go under `guided`. 0: no guided pass.
+    guided_samples: int | None = Field(2, ge=0)
+    guided_max_new_tokens: int = Field(5120, ge=1)
+    # The regime pass: regime_classification asked, guided, on this many of the snapshot store's eval-month days
+    # (spread evenly; null = every one; 0 = none): regime accuracy and timing over far more dates than the eval
+    # set holds. Metrics under `regime_pass`.
+    regime_dates: int | None = Field(0, ge=0)
     rouge: bool = True                          # ROUGE-L vs the reference answer
     # Held-out likelihood (every eval record's reference answer) and preference accuracy/margin (paths.eval_pairs)
     # through transformers + PEFT on the model's weights, whatever `backend` generates with (evaluation.likelihood).
     likelihood: bool = True
     korean_threshold: float = Field(0.5, ge=0.0, le=1.0)  # Hangul share for a rationale to count as Korean
     ollama_url: str = "http://localhost:11434"
-    n_ctx: int = Field(4096, ge=256)            # llama.cpp context window (prompt + reply)
+    n_ctx: int = Field(8192, ge=256)            # llama.cpp context window (prompt + reply)
     threads: int = Field(1, ge=0)               # llama.cpp threads; 0 = all cores
     gpu_layers: int = Field(0, ge=-1)           # llama.cpp layers offloaded to the GPU; -1 = all (GPU build only)
     seed: int = 0

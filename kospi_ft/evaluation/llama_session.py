@@ -52,20 +52,25 @@ class LlamaSession:
             template=self._llm.metadata["tokenizer.chat_template"], eos_token="", bos_token="",
             add_generation_prompt=False)
         self.prefix_tokens: list[int] = []  # the system prompt whose KV cache every prompt starts from
-        self._grammars: dict[str, object] = {}  # JSON schema text -> LlamaGrammar (a conversion takes ~0.1 s)
+        self._grammars: dict[str, str] = {}  # JSON schema text -> its llguidance grammar
+        self._guide_tokenizer = None
 
-    def grammar(self, schema: dict):
-        """The llama.cpp grammar guiding a reply to `schema` (kospi_ft.grammar), converted once per schema."""
+    def guide(self, schema: dict):
+        """A logits processor guiding one reply by `schema` (kospi_ft.guidance): the vocabulary's llguidance
+        tokenizer is built on first use, each schema's grammar compiled once."""
         import json
 
-        from llama_cpp import LlamaGrammar
+        from llama_cpp import LogitsProcessorList
 
-        from ..grammar import gbnf
+        from .. import guidance
 
+        if self._guide_tokenizer is None:
+            self._guide_tokenizer = guidance.llama_tokenizer(self._llm)
         key = json.dumps(schema, sort_keys=True)
         if key not in self._grammars:
-            self._grammars[key] = LlamaGrammar.from_string(gbnf(schema), verbose=False)
-        return self._grammars[key]
+            self._grammars[key] = guidance.grammar(schema)
+        return LogitsProcessorList([guidance.llama_processor(self._guide_tokenizer, self._grammars[key],
+                                                             self._llm.n_vocab(), greedy=self.temperature == 0)])
 
     def start_from_system_prompt(self, messages: list[Message]) -> int:
         """Leave exactly the system prompt's KV cache in place (decoding it, alone, when it is new); the number of
@@ -91,16 +96,16 @@ class LlamaSession:
                  schema: dict | None = None) -> dict:
         """{text, latency_s, prompt_tokens, completion_tokens, prefix_tokens, prefix_s}: the one-time system prompt
         decode (prefix_tokens decoded in prefix_s seconds, 0 when its cache was reused) counts in the latency.
-        With `schema` (a JSON schema), decoding is guided by its grammar: every token keeps the reply a prefix of a
-        JSON text valid under it, and the end of text comes only once that text is complete."""
-        grammar = None if schema is None else self.grammar(schema)
+        With `schema` (a JSON schema), decoding is guided by it (kospi_ft.guidance): every token keeps the reply a
+        prefix of a JSON text valid under it, and the end of text comes only once that text is complete."""
+        guide = None if schema is None else self.guide(schema)
         t0 = time.perf_counter()
         prefix = self.start_from_system_prompt(messages)
         prefix_s = time.perf_counter() - t0
         try:
             out = self._llm.create_chat_completion(
                 messages=messages, max_tokens=max_new_tokens, temperature=self.temperature, repeat_penalty=1.0,
-                seed=self.seed if seed is None else seed, grammar=grammar)
+                seed=self.seed if seed is None else seed, logits_processor=guide)
         except ValueError as err:  # prompt longer than the context window
             raise PipelineError(f"{self.description}: {err} (raise evaluate.n_ctx)") from None
         latency = time.perf_counter() - t0

@@ -79,6 +79,24 @@ def select(records: list[EvalRecord], n: int | None) -> list[EvalRecord]:
     return picked
 
 
+def date_records(store, task: str, n: int | None, seed: int = 0) -> list[EvalRecord]:
+    """`task` asked on the store's eval-month days (`synthetic.date_split`: out of sample, embargoed from training),
+    `n` of them spread evenly over the days in date order (None: every one), as the generator asks it: the prompt,
+    the rule's reference answer, meta with the date and the store's regime (kospi_ft.answering.record_for_date)."""
+    from ..answering import record_for_date
+    from ..data.synthetic import date_split
+
+    days = [d for d in store.dates if date_split(d) == "eval"]
+    if n is not None and n < len(days):
+        days = [days[i * len(days) // n] for i in range(n)]
+    out = []
+    for day in days:
+        row = record_for_date(store, day, task, seed=seed)
+        out.append(EvalRecord(task=row["task"], prompt=row["messages"][:2], reference=row["messages"][2]["content"],
+                              meta=row["meta"]))
+    return out
+
+
 @dataclass
 class EvalResult:
     metrics: dict[str, Any]
@@ -96,13 +114,18 @@ class EvalResult:
 
 
 def evaluate(backend: Backend, records: list[EvalRecord], *, max_new_tokens: int, rouge: bool = False,
-             korean_threshold: float = 0.5, progress: bool = True, desc: str = "evaluate") -> EvalResult:
-    """Generate a reply for every record with `backend`, score it, and aggregate."""
+             korean_threshold: float = 0.5, progress: bool = True, desc: str = "evaluate",
+             guided: bool = False) -> EvalResult:
+    """Generate a reply for every record with `backend`, score it, and aggregate. `guided`: each reply decoded
+    guided by its task's JSON schema (kospi_ft.json_schema)."""
+    from ..json_schema import task_schema
+
     scorer = RougeL() if rouge else None
     scores: list[ReplyScore] = []
     replies: list[str] = []
     for record in tqdm(records, desc=desc, unit="sample", disable=not progress):
-        gen = backend.generate(record.prompt, max_new_tokens)
+        schema = task_schema(record.task) if guided else None
+        gen = backend.generate(record.prompt, max_new_tokens, schema=schema)
         replies.append(gen.text)
         scores.append(score_reply(record.task, gen.text, record.reference, latency_s=gen.latency_s,
                                   completion_tokens=gen.completion_tokens, rouge=scorer,

@@ -189,14 +189,16 @@ def regime_confusion(samples: Iterable[TradingSample]) -> list[dict[str, str]]:
     return [{"actual": s.true_regime, "predicted": predicted_regime(s)} for s in samples]
 
 
-def regime_accuracy(samples: Iterable[TradingSample]) -> dict[str, Any]:
+def regime_accuracy(samples: Iterable[TradingSample], seed: int = 0) -> dict[str, Any]:
+    """Share of samples whose reply names the store's regime, with a bootstrap 95% interval over the samples."""
     rows = regime_confusion(samples)
     hits = [r["actual"] == r["predicted"] for r in rows]
     per = {}
     for g in REGIMES:
         h = [hit for hit, r in zip(hits, rows) if r["actual"] == g]
         per[g] = {"accuracy": _num(np.mean(h)) if h else None, "n": len(h)}
-    return {"accuracy": _num(np.mean(hits)) if hits else None, "per_regime": per, "n": len(rows)}
+    return {"accuracy": _num(np.mean(hits)) if hits else None, "ci95": bootstrap_ci(hits, seed), "per_regime": per,
+            "n": len(rows)}
 
 
 # ---- 3. timing ---------------------------------------------------------------------------------------------------
@@ -395,7 +397,7 @@ def trading_block(samples: Sequence[TradingSample], prices: Prices, horizon_days
         "horizon_days": horizon_days,
         "excluded": sum(s.source != REAL for s in samples),
         "dropped_dates": len(g.dates) - len(keep),
-        "regime": regime_accuracy(samples),
+        "regime": regime_accuracy(samples, seed),
         "timing": model["timing"],
         "selection": model["selection"],
         "baselines": {name: block(name) for name in BASELINES},
