@@ -8,7 +8,9 @@ kospi_ft.schema.
     answer = ask("qwen2.5-kospi-ft-s3", "regime_classification", date="2024-03-15", backend="ollama")
 
 The CLI is `python -m stages.ask`. A model is a pipeline name (base, stage2, stage3: the exported GGUF), a .gguf
-path (both run on llama.cpp, in a process of its own) or an Ollama model name (Ollama's `format`).
+path (both run on llama.cpp, in a process of its own) or an Ollama model name (Ollama's `format`); with
+`backend="hf"`, a pipeline name is its adapter on the base weights (transformers + PEFT, no export needed) and a
+path an HF model or adapter dir. llama.cpp and hf decode guided by kospi_ft.guidance.
 
 The prompt: with `date`, the synthetic generator's own builders (kospi_ft.data.synthetic) render that snapshot
 day of the store (paths.snapshots_dir): account context, market block, the task's scenario block and question,
@@ -99,15 +101,16 @@ def _open_backend(model: str, backend: str | None, raw: dict, *, seed: int, thre
     if backend is None:
         local = model.endswith(".gguf") or locator.is_pipeline(model) or gguf.is_file()
         backend = "llamacpp" if local else "ollama"
-    if backend not in ("llamacpp", "ollama"):
-        raise PipelineError(f"--backend {backend}: ask decodes guided with llamacpp or ollama")
+    if backend not in ("llamacpp", "ollama", "hf"):
+        raise PipelineError(f"--backend {backend}: ask decodes guided with llamacpp, ollama or hf")
     update: dict[str, Any] = {"backend": backend, "seed": seed}
     if threads is not None:
         update["threads"] = threads
     if ollama_url is not None:
         update["ollama_url"] = ollama_url
     cfg = cfg.model_copy(update=update)
-    where = gguf if backend == "llamacpp" else f"{locator.ollama_name(model)} at {cfg.ollama_url}"
+    where = {"llamacpp": gguf, "ollama": f"{locator.ollama_name(model)} at {cfg.ollama_url}",
+             "hf": " + ".join(str(p) for p in locator.hf(model) if p is not None)}[backend]
     locator.preflight(cfg, model)
     t0 = time.perf_counter()
     if progress:

@@ -29,8 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--date", help="a day (YYYY-MM-DD) whose snapshot the store has")
     source.add_argument("--prompt-file", help="the user turn as text, or a JSON record with `messages`")
-    p.add_argument("--backend", choices=["llamacpp", "ollama"],
-                   help="default: llamacpp for a pipeline name or .gguf path, else ollama")
+    p.add_argument("--backend", choices=["llamacpp", "ollama", "hf"],
+                   help="default: llamacpp for a pipeline name or .gguf path, else ollama; hf: transformers + PEFT "
+                        "on the HF weights (a pipeline name's adapter on the base, or an HF dir)")
     p.add_argument("--max-new-tokens", type=int, default=2048, help="reply length cap (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="stocks and scenario picked for --date; decoding seed")
     p.add_argument("--threads", type=int, help="llama.cpp threads, 0 = all cores (evaluate.threads)")

