@@ -274,11 +274,12 @@ def resume(work: Path, results: Path, stage: str) -> bool:
 
 def evaluate_variant(work: Path, results: Path, model: str, label: str, backend: str, gpu_layers: int | None,
                      n_samples: int, max_new_tokens: int) -> bool:
-    """Generation only (the likelihood metrics ran in the DVC stage): one backend / build on the same samples."""
+    """Free generation only (the likelihood metrics, the guided and the regime pass ran in the DVC stage): one
+    backend / build on the same samples."""
     out = LOGS / f"eval-{model}-{label}.json"
     cmd = [sys.executable, "-m", "stages.evaluate", "--name", model, "--backend", backend, "--n-samples",
-           str(n_samples), "--max-new-tokens", str(max_new_tokens), "--no-likelihood", "--output", str(out),
-           "--no-progress"]
+           str(n_samples), "--max-new-tokens", str(max_new_tokens), "--guided-samples", "0", "--regime-dates", "0",
+           "--no-likelihood", "--output", str(out), "--no-progress"]
     if gpu_layers is not None:
         cmd += ["--gpu-layers", str(gpu_layers)]
     return run_step(work, results, f"evaluate@{model}[{label}]", cmd, lambda w: _eval_numbers(out))

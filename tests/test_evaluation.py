@@ -791,9 +791,11 @@ def test_evaluate_stage_with_every_layer_on_the_gpu(tiny_gguf, tmp_path, monkeyp
     (paths.gguf_dir / "stage3" / tiny_gguf.name).symlink_to(tiny_gguf)
     assert raw["evaluate"]["gpu_layers"] == -1
     evaluate_stage.main(["--name", "stage3", "--n-samples", "2", "--max-new-tokens", "16", "--no-likelihood",
+                         "--guided-samples", "2", "--guided-max-new-tokens", "16", "--regime-dates", "0",
                          "--no-progress", "--output", "out.json"])
     m = json.loads(Path("out.json").read_text())
     assert m["n_samples"] == 2 and m["throughput"]["gen_tokens_per_s"] > 0, m
+    assert m["guided"]["n_samples"] == 2 and m["guided"]["throughput"]["gen_tokens_per_s"] > 0, m["guided"]
 
 
 def test_date_records_ask_the_eval_month_days_as_the_generator_does(tmp_path):
