@@ -58,9 +58,7 @@ def record_for_date(store, day: dt.date, task, *, seed: int = 0) -> dict[str, An
     pick, scenario = syn._stock_pick(task, rng)
     fmt = list(FORMAT_SHARES)[rng.integers(len(FORMAT_SHARES))]
     user, built, view, template_id = syn.compose(task, syn.real_view(snap, pick, rng), rng, fmt, scenario)
-    return syn.chat_record(user, built.answer, task, {
-        "date": view.date, "regime": view.regime, "source": view.source, "format": fmt, "template": template_id,
-        **built.meta})
+    return syn.composed_record(task, user, built, view, fmt, template_id)
 
 
 def prompt_from_file(path: Path) -> list[Message]:

@@ -17,6 +17,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
+from llguidance import LLMatcher
+from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
+
 from .errors import PipelineError
 
 FRACTION_DIGITS = 4      # decimals a guided number may have (generated answers use at most 4)
@@ -40,8 +44,6 @@ def decoding_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 def grammar(schema: dict[str, Any]) -> str:
     """The llguidance grammar whose sentences are compact JSON texts valid under `schema` (see the module)."""
-    from llguidance import LLMatcher
-
     return LLMatcher.grammar_from_json_schema(json.dumps(decoding_schema(schema)), defaults=COMPILE_OPTIONS)
 
 
@@ -51,11 +53,6 @@ class Guide:
     the tokens that keep the reply a prefix of a valid JSON text (end of text only once it is complete)."""
 
     def __init__(self, tokenizer, grammar_text: str, n_vocab: int) -> None:
-        import numpy as np
-        from llguidance import LLMatcher
-        from llguidance.numpy import allocate_token_bitmask
-
-        self._np = np
         self.matcher = LLMatcher(tokenizer, grammar_text, log_level=0)
         if self.matcher.is_error():
             raise PipelineError(f"guided decoding: the schema's grammar does not compile: {self.matcher.get_error()}")
@@ -78,10 +75,8 @@ class Guide:
 
     def allowed(self):
         """Boolean mask over the vocabulary: the tokens the grammar allows next."""
-        from llguidance.numpy import fill_next_token_bitmask
-
         fill_next_token_bitmask(self.matcher, self._bitmask)
-        bits = self._np.unpackbits(self._bitmask.view(self._np.uint8), bitorder="little")
+        bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little")
         return bits[:self.n_vocab].astype(bool)
 
 
@@ -99,8 +94,6 @@ def llama_processor(tokenizer, grammar_text: str, n_vocab: int, greedy: bool):
     logits go on unmasked, since masking cannot change an argmax the grammar allows. llama.cpp's own sampler orders
     its grammar check the same way (sample, check, resample only on a rejection); a trained model's tokens mostly
     pass, so a reply pays for whole masks only where the model strays."""
-    import numpy as np
-
     guide = Guide(tokenizer, grammar_text, n_vocab)
     neg_inf = float("-inf")
 

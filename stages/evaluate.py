@@ -211,25 +211,27 @@ def main(argv: list[str] | None = None) -> None:
             locator.preflight(cfg, ref)
     scored = _likelihood_models(cfg, locator, refs, asked=args.likelihood is True)
 
+    def trading_block(samples: list[trading.TradingSample]) -> dict:
+        return trading.trading_block(samples, prices, cfg.horizon_days, cfg.seed)
+
     def run_one(ref: str) -> EvalResult:
         results = _run_one(cfg, locator, ref, passes, progress)
         result = results["free"]
         blocks = _likelihood(ref, locator, held_out, pairs, progress) if ref in scored else likelihood.empty_blocks()
         result.metrics = likelihood.merge(result.metrics, blocks)
         result.trading = trading.eval_samples(records, result.replies)
-        result.metrics["trading"] = trading.trading_block(result.trading, prices, cfg.horizon_days, cfg.seed)
+        result.metrics["trading"] = trading_block(result.trading)
         if "guided" in results:
             # What production sees: the same scorers on the guided replies. The likelihood blocks score the
             # reference answers, not the replies, so they are the free block's alone.
             guided = results["guided"]
-            result.metrics["guided"] = {**guided.metrics, "trading": trading.trading_block(
-                trading.eval_samples(guided_records, guided.replies), prices, cfg.horizon_days, cfg.seed)}
+            result.metrics["guided"] = {**guided.metrics, "trading": trading_block(
+                trading.eval_samples(guided_records, guided.replies))}
         if "regime" in results:
             regime = results["regime"]
             result.metrics["regime_pass"] = {
                 "n_samples": len(regime.replies), "schema_compliance_rate": regime.metrics["schema"]["compliance_rate"],
-                **trading.trading_block(trading.eval_samples(regime_records, regime.replies), prices,
-                                        cfg.horizon_days, cfg.seed)}
+                **trading_block(trading.eval_samples(regime_records, regime.replies))}
         return result
 
     if args.name:

@@ -923,6 +923,15 @@ def chat_record(user: str, answer: Mapping[str, Any], task: TaskType, meta: Mapp
             "task": TaskType(task).value, "meta": dict(meta)}
 
 
+def composed_record(task: TaskType, user: str, built: Built, view, fmt: str, template_id: str,
+                    **meta: Any) -> dict[str, Any]:
+    """The chat record of one `compose`d question: its answer, and meta (the day, its regime and source, the
+    format and template, then `meta`, then the builder's own)."""
+    return chat_record(user, built.answer, task, {
+        "date": view.date, "regime": view.regime, "source": view.source, "format": fmt, "template": template_id,
+        **meta, **built.meta})
+
+
 def check_answer(task: TaskType, answer: Mapping[str, Any]) -> None:
     """Raise if a generated answer is not schema-valid, rule-consistent and of full quality (a generator bug)."""
     model = RESPONSE_MODELS[task].model_validate(answer)
@@ -982,9 +991,7 @@ def generate(count: int, *, seed: int, split: str = "train", start_date: dt.date
         user, built, view, template_id = compose(task, view, rng, fmt, scenario)
         if validate:
             check_answer(task, built.answer)
-        records.append(chat_record(user, built.answer, task, {
-            "date": view.date, "regime": view.regime, "source": view.source, "format": fmt,
-            "template": template_id, "split": split, **built.meta}))
+        records.append(composed_record(task, user, built, view, fmt, template_id, split=split))
     return records
 
 
