@@ -36,12 +36,13 @@ def _records(eval_set: Path | None, n: int):
     return select([EvalRecord(r["task"], r["messages"][:2], r["messages"][2]["content"]) for r in rows], n)
 
 
-def run(gguf: Path, records, max_new_tokens: int, threads: int) -> dict:
+def run(gguf: Path, records, max_new_tokens: int, threads: int, gpu_layers: int = 0) -> dict:
     from kospi_ft.evaluation.backends import LlamaCppBackend
     from kospi_ft.json_schema import task_schema
     from kospi_ft.schema import schema_errors
 
-    backend = LlamaCppBackend(gguf, seed=0, n_ctx=4096, n_threads=threads)
+    backend = LlamaCppBackend(gguf, seed=0, n_ctx=4096, n_threads=threads, gpu_layers=gpu_layers,
+                              require_gpu=gpu_layers != 0)
     out = {}
     try:
         backend.generate(records[0].prompt, 1)   # warm-up: the system prompt's KV cache
@@ -75,10 +76,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--records", type=int, default=6)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads, 0 = all cores")
+    ap.add_argument("--gpu-layers", type=int, default=0, help="layers on the GPU, -1 = all (the CUDA build)")
+    ap.add_argument("--json", type=Path, help="also append the result as one JSON line to this file")
     args = ap.parse_args(argv)
     records = _records(args.eval_set, args.records)
     t0 = time.perf_counter()
-    result = run(args.gguf, records, args.max_new_tokens, args.threads)
+    result = run(args.gguf, records, args.max_new_tokens, args.threads, args.gpu_layers)
     f, g = result["free"], result["guided"]
     print(f"{args.gguf}: {len(records)} records x {args.max_new_tokens} max new tokens, threads={args.threads}")
     print(f"free:   {f['tokens_per_s']:8.2f} tok/s ({f['tokens']} tokens, {f['seconds']:.2f} s; "
@@ -86,6 +89,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"guided: {g['tokens_per_s']:8.2f} tok/s ({g['tokens']} tokens, {g['seconds']:.2f} s; "
           f"JSON {g['json_valid']}/{g['replies']}, schema {g['schema_valid']}/{g['replies']})")
     print(f"ratio guided/free: {result['ratio']}  (total {time.perf_counter() - t0:.1f} s)")
+    if args.json is not None:
+        with args.json.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"bench": "guided", "gguf": str(args.gguf), "records": len(records),
+                                "max_new_tokens": args.max_new_tokens, "threads": args.threads,
+                                "gpu_layers": args.gpu_layers, **result}) + "\n")
     return result
 
 

@@ -228,6 +228,8 @@ def _eval_numbers(path: Path) -> dict:
     return {"n_samples": m.get("n_samples"), "s_per_sample": m.get("latency", {}).get("mean_s"),
             "gen_tokens_per_s": m.get("throughput", {}).get("gen_tokens_per_s"),
             "completion_tokens_mean": m.get("throughput", {}).get("completion_tokens_mean"),
+            "wall_s": m.get("throughput", {}).get("wall_s"),
+            "wall_gen_tokens_per_s": m.get("throughput", {}).get("wall_gen_tokens_per_s"),
             "json_valid_rate": m.get("json", {}).get("valid_rate")}
 
 
@@ -273,7 +275,7 @@ def resume(work: Path, results: Path, stage: str) -> bool:
 
 
 def evaluate_variant(work: Path, results: Path, model: str, label: str, backend: str, gpu_layers: int | None,
-                     n_samples: int, max_new_tokens: int) -> bool:
+                     n_samples: int, max_new_tokens: int, parallel: int | None = None) -> bool:
     """Free generation only (the likelihood metrics, the guided and the regime pass ran in the DVC stage): one
     backend / build on the same samples."""
     out = LOGS / f"eval-{model}-{label}.json"
@@ -282,6 +284,8 @@ def evaluate_variant(work: Path, results: Path, model: str, label: str, backend:
            "--no-likelihood", "--output", str(out), "--no-progress"]
     if gpu_layers is not None:
         cmd += ["--gpu-layers", str(gpu_layers)]
+    if parallel is not None:
+        cmd += ["--parallel", str(parallel)]
     return run_step(work, results, f"evaluate@{model}[{label}]", cmd, lambda w: _eval_numbers(out))
 
 
@@ -417,6 +421,7 @@ def main() -> None:
     e.add_argument("--gpu-layers", type=int)
     e.add_argument("--n-samples", type=int, default=2)
     e.add_argument("--max-new-tokens", type=int, default=256)
+    e.add_argument("--parallel", type=int, help="llama.cpp replies decoded at once (default: the params')")
     d = sub.add_parser("llama-diag", help="load a GGUF once per case, each in a fresh process")
     d.add_argument("gguf", type=Path)
     d.add_argument("--results", type=Path, required=True)
@@ -445,7 +450,7 @@ def main() -> None:
         ok = all(resume(a.work, a.results, s) for s in a.stages)
     else:
         ok = all(evaluate_variant(a.work, a.results, s, a.label, a.backend, a.gpu_layers, a.n_samples,
-                                  a.max_new_tokens) for s in a.stages)
+                                  a.max_new_tokens, a.parallel) for s in a.stages)
     sys.exit(0 if ok else 1)
 
 

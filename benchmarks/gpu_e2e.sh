@@ -13,6 +13,8 @@
 #   bash benchmarks/gpu_e2e.sh diag     # llama.cpp on the GPU, alone: a 7B-shaped base, export@base, the
 #                                       # load-diagnosis cases (gpu_e2e.py llama-diag), evaluate@base and the
 #                                       # GPU / CPU / hf comparison on that GGUF
+#   bash benchmarks/gpu_e2e.sh serve    # twice: the CUDA build, export@base alone; then guided vs free, replies in
+#                                       # parallel vs one at a time, evaluate@base, the GPU tests
 #   bash benchmarks/gpu_e2e.sh bench    # Stage 2 / Stage 1 layouts vs the raw unsloth loop; gpu_verify.sh smoke
 #   LAYOUT_PART=1|2|3 bash benchmarks/gpu_e2e.sh layout  # train.layout auto vs the recipe, uncapped, 24 and 16 GiB
 # Wheels, where pip works: `bash benchmarks/gpu_wheels.sh train` for train and bench, `bash benchmarks/gpu_wheels.sh
@@ -20,7 +22,7 @@
 # Results: $OUT/h200-7b-real-e2e.jsonl (one JSON line per stage, written as each step ends), $OUT/gpu.txt, and the
 # steps' logs (/tmp/e2e-logs) as $OUT/logs-<phase>.tgz at the end.
 set -uo pipefail
-PHASE=${1:?usage: bash benchmarks/gpu_e2e.sh train|export|evaluate|diag|bench|layout}
+PHASE=${1:?usage: bash benchmarks/gpu_e2e.sh train|export|evaluate|diag|serve|bench|layout}
 HERE=$(pwd)
 WORK=${WORK:-/tmp/e2e}
 RES=${OUT:-/tmp/e2e-out}
@@ -141,6 +143,38 @@ case $PHASE in
     [ $SECONDS -lt 520 ] && $E2E eval "$WORK" base --results "$RESULTS" --label hf-gpu --backend hf --n-samples 1 \
       --max-new-tokens 64
     ;;
+  serve)
+    # What a user's evaluation and serving cost at 7B, on the Q4_K_M the graph's own export@base makes. Run the
+    # phase twice on one machine: the first call builds the CUDA llama.cpp, the base and the data stages, then runs
+    # export@base once the build is done (the export's time alone on the cores); the second measures guided vs
+    # free decoding (bench_guided.py), evaluation with 8 and 16 replies per batch against one at a time at the real
+    # preset's 1,024 new tokens, evaluate@base in the graph (free, guided and regime passes, likelihood) and the
+    # gpu-marked tests.
+    GGUF=$WORK/models/gguf/base/model-Q4_K_M.gguf
+    if [ ! -f "$GGUF" ]; then
+      start_cuda_build
+      make_base
+      $E2E prepare "$WORK" --model /tmp/m7b --refresh || exit 1
+      $E2E repro "$WORK" market snapshots synthesize dpo_pairs base_model --results "$RESULTS" || exit 1
+      wait_cuda_build 440 || { echo "no CUDA llama-cpp-python build at ${SECONDS}s"; exit 1; }
+      $E2E repro "$WORK" export@base --results "$RESULTS"
+      exit $?
+    fi
+    $E2E prepare "$WORK" --model /tmp/m7b --refresh || exit 1
+    wait_cuda_build 120 || { echo "no CUDA llama-cpp-python build at ${SECONDS}s"; exit 1; }
+    gpu_build_path
+    python3 "$HERE/benchmarks/bench_guided.py" --gguf "$GGUF" --eval-set "$WORK/data/synthetic/eval.jsonl" \
+      --records 12 --max-new-tokens 256 --threads 0 --gpu-layers -1 --json "$RES/serve-bench.jsonl" 2>&1 \
+      | tail -4 | tee -a "$RES/gpu.txt"
+    for p in 1 8 16; do
+      n=48; [ $p = 1 ] && n=6
+      $E2E eval "$WORK" base --results "$RESULTS" --label "llamacpp-gpu-p$p" --gpu-layers -1 \
+        --n-samples $n --max-new-tokens 1024 --parallel $p
+    done
+    $E2E repro "$WORK" evaluate@base --results "$RESULTS"
+    (cd "$HERE" && python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_evaluation.py > "$E2E_LOGS/gpu-pytest.log" 2>&1
+     tail -40 "$E2E_LOGS/gpu-pytest.log" | tee -a "$RES/gpu.txt")
+    ;;
   bench)
     # Throughput against the raw unsloth loop in the same call: Stage 2 at its real shape (seq 4096, the
     # synthetic set's ~2.7k-token rows) in two exact layouts with the same effective batch, and Stage 1's wrapped
@@ -214,5 +248,5 @@ case $PHASE in
     cat "$RES"/auto-layout-runs*.jsonl > /tmp/auto-all.jsonl 2>/dev/null
     python3 "$HERE/benchmarks/gpu_train_bench.py" auto-rows /tmp/auto-all.jsonl | tee "$RES/auto-layout-rows.jsonl"
     ;;
-  *) echo "usage: bash benchmarks/gpu_e2e.sh train|export|evaluate|diag|bench|layout"; exit 2 ;;
+  *) echo "usage: bash benchmarks/gpu_e2e.sh train|export|evaluate|diag|serve|bench|layout"; exit 2 ;;
 esac

@@ -12,7 +12,8 @@ imports pyarrow, pandas or torch:
     python -m kospi_ft.llama_process '{"call": "kospi_ft.export.quantize:quantize_here", "kwargs": {...}}'
     python -m kospi_ft.llama_process '{"session": {"gguf": "...", "options": {...}}}'   # then requests on stdin
 
-A request may carry a JSON `schema`: its reply is then decoded guided by it (kospi_ft.guidance).
+A request may carry a JSON `schema`: its reply is then decoded guided by it (kospi_ft.guidance). A
+`generate_many` request decodes many replies in one batch and answers one line per reply as each ends.
 
 `call` runs one function there and returns its JSON result; `Session` keeps one GGUF loaded for many generations
 (`kospi_ft.evaluation.llama_session.LlamaSession`). Every reply is one JSON line on the child's original stdout
@@ -104,13 +105,22 @@ class Session:
     def returncode(self) -> int | None:
         return self._proc.returncode
 
-    def request(self, **op) -> dict:
+    def _send(self, op: dict) -> None:
         try:
             self._proc.stdin.write(json.dumps(op) + "\n")
             self._proc.stdin.flush()
         except BrokenPipeError:
             raise _ended(self._proc, self.what) from None
+
+    def request(self, **op) -> dict:
+        self._send(op)
         return _read(self._proc, self.what)
+
+    def stream(self, **op):
+        """The replies to one request that answers with many lines, as they come, up to its `done` line."""
+        self._send(op)
+        while not (reply := _read(self._proc, self.what)).get("done"):
+            yield reply
 
     def kill(self) -> None:
         try:
@@ -183,8 +193,14 @@ def _serve(argv: list[str], preloaded: list[str]) -> int:
             if op.get("op") == "close":
                 break
             try:
-                reply(ok=True, **session.generate(op["messages"], int(op["max_new_tokens"]), op.get("seed"),
-                                                  schema=op.get("schema")))
+                if op.get("op") == "generate_many":
+                    # One line per reply as it ends (the parent's progress), then the end of the batch.
+                    session.generate_many(op["requests"], int(op["max_new_tokens"]), int(op["parallel"]),
+                                          on_reply=lambda index, r: reply(ok=True, index=index, **r))
+                    reply(ok=True, done=True)
+                else:
+                    reply(ok=True, **session.generate(op["messages"], int(op["max_new_tokens"]), op.get("seed"),
+                                                      schema=op.get("schema")))
             except Exception as err:  # noqa: BLE001
                 failed(err)
     finally:

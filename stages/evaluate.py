@@ -72,6 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ollama-url", help="Ollama base URL (evaluate.ollama_url)")
     p.add_argument("--gpu-layers", type=int, help="llama.cpp layers on the GPU, -1 = all (evaluate.gpu_layers)")
     p.add_argument("--threads", type=int, help="llama.cpp threads, 0 = all cores (evaluate.threads)")
+    p.add_argument("--parallel", type=int, help="llama.cpp replies decoded at once (evaluate.parallel)")
     p.add_argument("--rouge", action=argparse.BooleanOptionalAction, default=None, help="evaluate.rouge")
     p.add_argument("--eval-set", type=Path, help="records to answer (default: paths.eval_set); e.g. paths.logs_eval")
     p.add_argument("--likelihood", action=argparse.BooleanOptionalAction, default=None,
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         "regime_dates": args.regime_dates,
         "ollama_url": args.ollama_url, "rouge": args.rouge, "likelihood": args.likelihood,
         "base_model": args.base_model, "ft_model": args.ft_model, "gpu_layers": args.gpu_layers,
-        "threads": args.threads, "horizon_days": args.horizon_days})
+        "threads": args.threads, "parallel": args.parallel, "horizon_days": args.horizon_days})
     paths = params.load_paths(raw=raw)
     locator = ModelLocator.from_params(raw)
     if args.name and (args.base_model or args.ft_model):

@@ -680,6 +680,57 @@ def test_llamacpp_backend_runs_llama_cpp_in_a_process_of_its_own(tiny_gguf, refe
     assert m["per_task"]["what_if"]["n"] == 1 and m["rouge"]["l_f1_mean"] is not None
 
 
+def test_parallel_replies_are_the_one_at_a_time_replies(tiny_gguf, reference):
+    """evaluate.parallel > 1: up to that many replies decoded at once in one batch, a finished reply's slot taking
+    the next record, the shared system prompt decoded once. On the CPU build every reply, free and guided, is the
+    one-at-a-time session's, token for token; the progress bar counts every reply, and the pass's wall time is
+    recorded beside the per-reply latencies."""
+    from kospi_ft.evaluation.backends import LlamaCppBackend
+    from kospi_ft.evaluation.llama_session import LlamaSession
+    from kospi_ft.json_schema import task_schema
+
+    tasks = ["full_analysis", "what_if", "regime_classification", "regime_classification", "overnight_gap"]
+    records = [EvalRecord(r["task"], r["messages"][:2], r["messages"][2]["content"])
+               for r in _records(reference, tasks)]
+    # Different prompt lengths, so replies start and end at different steps of the batch.
+    records = [EvalRecord(r.task, [r.prompt[0], {"role": "user", "content": r.prompt[1]["content"] * (1 + i)}],
+                          r.reference) for i, r in enumerate(records)]
+    backend = LlamaCppBackend(tiny_gguf, seed=0, n_ctx=4096, n_threads=1, parallel=3)
+    try:
+        free = evaluate(backend, records, max_new_tokens=16, progress=False)
+        guided = evaluate(backend, records[2:4], max_new_tokens=5000, guided=True, progress=False)
+    finally:
+        backend.close()
+    session = LlamaSession(tiny_gguf, seed=0, n_ctx=4096, n_threads=1)
+    try:
+        one = [session.generate(r.prompt, 16) for r in records]
+        one_guided = [session.generate(r.prompt, 5000, schema=task_schema(r.task)) for r in records[2:4]]
+        many = session.generate_many([{"messages": r.prompt} for r in records], 16, parallel=2)
+    finally:
+        session.close()
+    assert free.replies == [g["text"] for g in one] == [g["text"] for g in many]
+    assert [s.completion_tokens for s in free.scores] == [g["completion_tokens"] for g in one]
+    assert [g["prompt_tokens"] for g in many] == [g["prompt_tokens"] for g in one]
+    assert many[0]["prefix_tokens"] == len(session.prefix_tokens) > 1000
+    assert guided.replies == [g["text"] for g in one_guided]
+    assert guided.metrics["json"]["valid_rate"] == 1.0, guided.replies
+    throughput = free.metrics["throughput"]
+    assert 0 < throughput["wall_s"] and throughput["wall_gen_tokens_per_s"] > 0
+
+
+def test_parallel_generation_names_a_prompt_longer_than_the_context(tiny_gguf, reference):
+    from kospi_ft.evaluation.llama_session import LlamaSession
+
+    prompt = _records(reference, ["full_analysis"])[0]["messages"][:2]
+    session = LlamaSession(tiny_gguf, seed=0, n_ctx=1024, n_threads=1)
+    try:
+        with pytest.raises(PipelineError, match=r"request 1: the prompt's \d+ tokens exceed the context window "
+                                                r"\(1024\) \(raise evaluate.n_ctx\)"):
+            session.generate_many([{"messages": prompt[1:]}, {"messages": prompt}], 4, parallel=2)
+    finally:
+        session.close()
+
+
 def test_llamacpp_backend_names_a_crashed_or_failed_llama_cpp_process(tiny_gguf, tmp_path, reference):
     """A crash of the llama.cpp process is one error naming the signal, not a hang; a file llama.cpp cannot load
     is named."""

@@ -104,8 +104,9 @@ def test_gpu_e2e_runs_on_the_cpu(tiny, tmp_path):
                             text=True, check=True)
     assert "up to date" in status.stdout and gguf.stat().st_mtime_ns == mtime
     [variant] = run(E2E, "eval", work, "base", "--results", results, "--label", "llamacpp-cpu", "--gpu-layers", 0,
-                    "--n-samples", 1, "--max-new-tokens", 8)
-    assert variant["ok"] and variant["n_samples"] == 1 and variant["gen_tokens_per_s"] > 0
+                    "--n-samples", 2, "--max-new-tokens", 8, "--parallel", 2)
+    assert variant["ok"] and variant["n_samples"] == 2 and variant["gen_tokens_per_s"] > 0
+    assert variant["wall_s"] > 0 and variant["wall_gen_tokens_per_s"] > 0
     diag = run(E2E, "llama-diag", gguf, "--results", results, "--gpu-layers", 0)
     assert [r["stage"] for r in diag] == [f"llama-diag[{c}]" for c in (
         "bare", "quiet", "offload_query_first", "n_ctx_8192", "threads_all", "torch_imported",

@@ -168,16 +168,19 @@ def test_guided_reply_through_transformers_is_a_valid_answer(tiny_hf_dir, prompt
     assert schema_errors("regime_classification", json.loads(guided.text)) == [], guided.text[:500]
 
 
-def test_bench_guided_runs(tiny_gguf, capsys):
+def test_bench_guided_runs(tiny_gguf, capsys, tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import bench_guided
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    result = bench_guided.main(["--gguf", str(tiny_gguf), "--records", "1", "--max-new-tokens", "8"])
+    result = bench_guided.main(["--gguf", str(tiny_gguf), "--records", "1", "--max-new-tokens", "8",
+                                "--json", str(tmp_path / "rows.jsonl")])
     out = capsys.readouterr().out
     assert "free:" in out and "guided:" in out and "ratio guided/free:" in out
     assert result["free"]["tokens"] > 0 and result["guided"]["tokens"] > 0 and result["ratio"] > 0
+    [row] = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert row["bench"] == "guided" and row["ratio"] == result["ratio"] and row["gpu_layers"] == 0
 
 
 def _ask(*args: str) -> subprocess.CompletedProcess:

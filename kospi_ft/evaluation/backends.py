@@ -95,12 +95,13 @@ class LlamaCppBackend:
     it held when llama.cpp loaded: none); `last` the last generation's whole reply."""
 
     def __init__(self, gguf: Path, *, seed: int = 0, n_ctx: int = 4096, n_threads: int = 0,
-                 gpu_layers: int = 0, temperature: float = 0.0, require_gpu: bool = False) -> None:
+                 gpu_layers: int = 0, temperature: float = 0.0, require_gpu: bool = False, parallel: int = 1) -> None:
         gguf = Path(gguf)
         if not gguf.is_file():
             raise missing_gguf(gguf)
         check_gpu_offload(gpu_layers, require_gpu)
         self.description = f"llamacpp:{gguf}"
+        self.parallel = parallel  # replies decoded at once by generate_many
         self._session = llama_process.Session(gguf.resolve(), {
             "seed": seed, "n_ctx": n_ctx, "n_threads": n_threads, "gpu_layers": gpu_layers,
             "temperature": temperature}, self.description)
@@ -117,6 +118,19 @@ class LlamaCppBackend:
         self.last = self._session.request(op="generate", messages=messages, max_new_tokens=max_new_tokens,
                                           seed=seed, **guided)
         return Generation.from_reply(self.last)
+
+    def generate_many(self, requests: list[tuple[list[Message], dict | None]], max_new_tokens: int,
+                      on_reply=None) -> list[Generation]:
+        """Greedy replies to (messages, schema or None) pairs, `parallel` decoded at once in one batch
+        (`LlamaSession.generate_many`); `on_reply(index)` as each ends."""
+        out: list[Generation | None] = [None] * len(requests)
+        for reply in self._session.stream(
+                op="generate_many", max_new_tokens=max_new_tokens, parallel=self.parallel,
+                requests=[{"messages": m, **({} if s is None else {"schema": s})} for m, s in requests]):
+            out[reply["index"]] = Generation.from_reply(reply)
+            if on_reply is not None:
+                on_reply(reply["index"])
+        return out
 
     def close(self) -> None:
         self._session.close()

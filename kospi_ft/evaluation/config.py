@@ -48,6 +48,9 @@ class EvaluateParams(Section):
     korean_threshold: float = Field(0.5, ge=0.0, le=1.0)  # Hangul share for a rationale to count as Korean
     ollama_url: str = "http://localhost:11434"
     n_ctx: int = Field(8192, ge=256)            # llama.cpp context window (prompt + reply)
+    # llama.cpp: replies decoded at once, one batch (continuous: a finished reply's slot takes the next record),
+    # each with its own n_ctx of a shared KV cache. A GPU reads the weights once per step whatever the batch holds.
+    parallel: int = Field(1, ge=1)
     threads: int = Field(1, ge=0)               # llama.cpp threads; 0 = all cores
     gpu_layers: int = Field(0, ge=-1)           # llama.cpp layers offloaded to the GPU; -1 = all (GPU build only)
     seed: int = 0
@@ -151,7 +154,8 @@ class ModelLocator:
         """A backend for model `ref`; greedy unless `temperature` > 0 (llamacpp and ollama only)."""
         if cfg.backend == "llamacpp":
             return LlamaCppBackend(self.gguf(ref), seed=cfg.seed, n_ctx=cfg.n_ctx, n_threads=cfg.threads,
-                                   gpu_layers=cfg.gpu_layers, temperature=temperature, require_gpu=self.require_gpu)
+                                   gpu_layers=cfg.gpu_layers, temperature=temperature, require_gpu=self.require_gpu,
+                                   parallel=1 if temperature else cfg.parallel)
         if cfg.backend == "ollama":
             return OllamaBackend(self.ollama_name(ref), base_url=cfg.ollama_url, seed=cfg.seed,
                                  temperature=temperature)

@@ -192,8 +192,10 @@ def _core(scores: list[ReplyScore]) -> dict[str, float | int | None]:
     }
 
 
-def aggregate(scores: list[ReplyScore], tasks: Iterable[str] | None = None) -> dict[str, Any]:
-    """The metrics file for one model: overall blocks plus `per_task` for every task type (identical keys)."""
+def aggregate(scores: list[ReplyScore], tasks: Iterable[str] | None = None,
+              wall_s: float | None = None) -> dict[str, Any]:
+    """The metrics file for one model: overall blocks plus `per_task` for every task type (identical keys).
+    `wall_s`: the pass's wall time (replies decoded in parallel overlap, so it is less than their latencies' sum)."""
     tasks = [str(t) for t in (tasks if tasks is not None else TaskType)]
     latencies = [s.latency_s for s in scores]
     tokens = sum(s.completion_tokens for s in scores)
@@ -236,6 +238,9 @@ def aggregate(scores: list[ReplyScore], tasks: Iterable[str] | None = None) -> d
             # End-to-end: prompt processing included, the same definition for every backend.
             "gen_tokens_per_s": round(tokens / seconds, 3) if seconds > 0 else None,
             "completion_tokens_mean": _mean(float(s.completion_tokens) for s in scores),
+            # The whole pass: every reply's tokens over its wall time (evaluate.parallel replies at once).
+            "wall_s": None if wall_s is None else round(wall_s, 3),
+            "wall_gen_tokens_per_s": round(tokens / wall_s, 3) if wall_s else None,
         },
         "rouge": {"l_f1_mean": core["rouge_l_f1"]},
         "per_task": {task: _core([s for s in scores if s.task == task]) for task in tasks},

@@ -10,6 +10,7 @@ reasoning text instead (the spec: "ROUGE score: reasoning log 대비 오버랩")
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,17 +118,23 @@ def evaluate(backend: Backend, records: list[EvalRecord], *, max_new_tokens: int
              korean_threshold: float = 0.5, progress: bool = True, desc: str = "evaluate",
              guided: bool = False) -> EvalResult:
     """Generate a reply for every record with `backend`, score it, and aggregate. `guided`: each reply decoded
-    guided by its task's JSON schema (kospi_ft.json_schema)."""
+    guided by its task's JSON schema (kospi_ft.json_schema). A backend with `parallel` > 1 (llama.cpp) decodes
+    that many replies at once."""
     from ..json_schema import task_schema
 
     scorer = RougeL() if rouge else None
-    scores: list[ReplyScore] = []
-    replies: list[str] = []
-    for record in tqdm(records, desc=desc, unit="sample", disable=not progress):
-        schema = task_schema(record.task) if guided else None
-        gen = backend.generate(record.prompt, max_new_tokens, schema=schema)
-        replies.append(gen.text)
-        scores.append(score_reply(record.task, gen.text, record.reference, latency_s=gen.latency_s,
-                                  completion_tokens=gen.completion_tokens, rouge=scorer,
-                                  korean_threshold=korean_threshold, rouge_reference=record.rouge_reference))
-    return EvalResult(metrics=aggregate(scores), scores=scores, replies=replies)
+    requests = [(r.prompt, task_schema(r.task) if guided else None) for r in records]
+    t0 = time.perf_counter()
+    with tqdm(total=len(records), desc=desc, unit="sample", disable=not progress) as bar:
+        if getattr(backend, "parallel", 1) > 1:  # llama.cpp: many replies per batch
+            gens = backend.generate_many(requests, max_new_tokens, on_reply=lambda _: bar.update())
+        else:
+            gens = []
+            for prompt, schema in requests:
+                gens.append(backend.generate(prompt, max_new_tokens, schema=schema))
+                bar.update()
+    wall_s = time.perf_counter() - t0
+    scores = [score_reply(r.task, g.text, r.reference, latency_s=g.latency_s, completion_tokens=g.completion_tokens,
+                          rouge=scorer, korean_threshold=korean_threshold, rouge_reference=r.rouge_reference)
+              for r, g in zip(records, gens)]
+    return EvalResult(metrics=aggregate(scores, wall_s=wall_s), scores=scores, replies=[g.text for g in gens])

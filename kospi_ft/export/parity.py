@@ -95,8 +95,10 @@ def check_parity(gguf_path: Path, tokenizer, expected_template: str, conversatio
         raise PipelineError(f"{gguf_path}: GGUF file not found")
     hf_texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in conversations]
     hf_ids = [tokenizer(text)["input_ids"] for text in hf_texts]
+    # Decoding needs a prompt, not a long one: the shortest conversation's (a 7B on the CPU build decodes the
+    # system prompt's 1.4k tokens in ~25 s, the default system prompt's ~30 in under 1 s).
     seen = llama_process.call("kospi_ft.export.parity:llama_view", gguf_path=str(gguf_path),
-                              conversations=conversations, texts=hf_texts, prompt_ids=list(hf_ids[0]),
+                              conversations=conversations, texts=hf_texts, prompt_ids=list(min(hf_ids, key=len)),
                               eos_token=tokenizer.eos_token, bos_token=tokenizer.bos_token or "",
                               generate_tokens=generate_tokens, threads=threads)
     report = ParityReport(metadata=seen["metadata"])
