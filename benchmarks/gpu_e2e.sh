@@ -22,7 +22,7 @@
 # Results: $OUT/h200-7b-real-e2e.jsonl (one JSON line per stage, written as each step ends), $OUT/gpu.txt, and the
 # steps' logs (/tmp/e2e-logs) as $OUT/logs-<phase>.tgz at the end.
 set -uo pipefail
-PHASE=${1:?usage: bash benchmarks/gpu_e2e.sh train|export|evaluate|diag|serve|bench|layout}
+PHASE=${1:?usage: bash benchmarks/gpu_e2e.sh train|export|evaluate|diag|serve|tests|bench|layout}
 HERE=$(pwd)
 WORK=${WORK:-/tmp/e2e}
 RES=${OUT:-/tmp/e2e-out}
@@ -94,6 +94,11 @@ compare_builds() {  # model, samples: the same GGUF on the CUDA build (every lay
   $E2E eval "$WORK" "$1" --results "$RESULTS" --label hf-gpu --backend hf --n-samples 1
 }
 
+gpu_tests() {  # the whole output in the logs: a failure's reason must come back with the call
+  (cd "$HERE" && python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_evaluation.py > "$E2E_LOGS/gpu-pytest.log" 2>&1
+   tail -40 "$E2E_LOGS/gpu-pytest.log" | tee -a "$RES/gpu.txt")
+}
+
 case $PHASE in
   train)
     train || exit 1
@@ -116,8 +121,7 @@ case $PHASE in
     $E2E repro "$WORK" evaluate@base evaluate@stage3 compare --results "$RESULTS"
     compare_builds stage3 4
     # The whole output in the logs: a failure's reason must come back with the call.
-    (cd "$HERE" && python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_evaluation.py > "$E2E_LOGS/gpu-pytest.log" 2>&1
-     tail -40 "$E2E_LOGS/gpu-pytest.log" | tee -a "$RES/gpu.txt")
+    gpu_tests
     ;;
   diag)
     # llama.cpp with every layer on the GPU, on a 7B-shaped Q4_K_M made by the graph's own export@base.
@@ -172,8 +176,14 @@ case $PHASE in
         --n-samples $n --max-new-tokens 1024 --parallel $p
     done
     $E2E repro "$WORK" evaluate@base --results "$RESULTS"
-    (cd "$HERE" && python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_evaluation.py > "$E2E_LOGS/gpu-pytest.log" 2>&1
-     tail -40 "$E2E_LOGS/gpu-pytest.log" | tee -a "$RES/gpu.txt")
+    gpu_tests
+    ;;
+  tests)
+    # The gpu-marked evaluation test alone, on the CUDA build (a fresh machine builds it first).
+    start_cuda_build
+    wait_cuda_build 480 || { echo "no CUDA llama-cpp-python build at ${SECONDS}s"; exit 1; }
+    gpu_build_path
+    gpu_tests
     ;;
   bench)
     # Throughput against the raw unsloth loop in the same call: Stage 2 at its real shape (seq 4096, the
@@ -248,5 +258,5 @@ case $PHASE in
     cat "$RES"/auto-layout-runs*.jsonl > /tmp/auto-all.jsonl 2>/dev/null
     python3 "$HERE/benchmarks/gpu_train_bench.py" auto-rows /tmp/auto-all.jsonl | tee "$RES/auto-layout-rows.jsonl"
     ;;
-  *) echo "usage: bash benchmarks/gpu_e2e.sh train|export|evaluate|diag|serve|bench|layout"; exit 2 ;;
+  *) echo "usage: bash benchmarks/gpu_e2e.sh train|export|evaluate|diag|serve|tests|bench|layout"; exit 2 ;;
 esac

@@ -838,15 +838,17 @@ def test_evaluate_stage_with_every_layer_on_the_gpu(tiny_gguf, tmp_path, monkeyp
     presets.write(tmp_path / "params.yaml", "real")
     paths = params.load_paths("params.yaml")
     _write_jsonl(paths.eval_set, _records(reference, [t.value for t in TaskType][:2]))
+    _simulated_store(paths.snapshots_dir)  # the trading metrics' prices and the regime pass's days
     (paths.gguf_dir / "stage3").mkdir(parents=True)
     (paths.gguf_dir / "stage3" / tiny_gguf.name).symlink_to(tiny_gguf)
-    assert raw["evaluate"]["gpu_layers"] == -1
+    assert raw["evaluate"]["gpu_layers"] == -1 and raw["evaluate"]["parallel"] > 1
     evaluate_stage.main(["--name", "stage3", "--n-samples", "2", "--max-new-tokens", "16", "--no-likelihood",
-                         "--guided-samples", "2", "--guided-max-new-tokens", "16", "--regime-dates", "0",
+                         "--guided-samples", "2", "--guided-max-new-tokens", "16", "--regime-dates", "2",
                          "--no-progress", "--output", "out.json"])
     m = json.loads(Path("out.json").read_text())
     assert m["n_samples"] == 2 and m["throughput"]["gen_tokens_per_s"] > 0, m
     assert m["guided"]["n_samples"] == 2 and m["guided"]["throughput"]["gen_tokens_per_s"] > 0, m["guided"]
+    assert m["regime_pass"]["n_samples"] == 2, m["regime_pass"]
 
 
 def test_date_records_ask_the_eval_month_days_as_the_generator_does(tmp_path):
