@@ -15,6 +15,7 @@
 #                                       # GPU / CPU / hf comparison on that GGUF
 #   bash benchmarks/gpu_e2e.sh serve    # twice: the CUDA build, export@base alone; then guided vs free, replies in
 #                                       # parallel vs one at a time, evaluate@base, the GPU tests
+#   bash benchmarks/gpu_e2e.sh tests    # the gpu-marked evaluation test alone
 #   bash benchmarks/gpu_e2e.sh bench    # Stage 2 / Stage 1 layouts vs the raw unsloth loop; gpu_verify.sh smoke
 #   LAYOUT_PART=1|2|3 bash benchmarks/gpu_e2e.sh layout  # train.layout auto vs the recipe, uncapped, 24 and 16 GiB
 # Wheels, where pip works: `bash benchmarks/gpu_wheels.sh train` for train and bench, `bash benchmarks/gpu_wheels.sh
