@@ -5,6 +5,8 @@ Prompts are rendered with the chat template stored in the GGUF (the one the expo
 checked), and generation stops at its eos token. Every eval prompt opens with the same ~1.4k-token system prompt:
 it is decoded once, alone, and each prompt starts from that KV cache with everything after it cleared, so only the
 ~0.7k-token rest of a prompt is processed and a reply still does not depend on the one before it.
+`generate_many` decodes many replies at once in one batch (evaluate.parallel), the system prompt decoded once for
+all of them.
 
 Import this module only where llama.cpp's native libraries may be the first heavy ones loaded (see
 `kospi_ft.llama_process`).
@@ -81,18 +83,24 @@ class LlamaSession:
 
         return LogitsProcessorList([self._processor(schema)])
 
+    def system_tokens(self, messages: list[Message]) -> list[int]:
+        """The tokens of the conversation's system turn alone, as its prompt opens ([] without one)."""
+        system = messages[:1] if messages and messages[0].get("role") == "system" else []
+        if not system:
+            return []
+        text = self._system_formatter(messages=system).prompt
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+
     def start_from_system_prompt(self, messages: list[Message]) -> int:
         """Leave exactly the system prompt's KV cache in place (decoding it, alone, when it is new); the number of
         tokens decoded.
 
         llama-cpp-python then reuses that prefix and decodes only the rest of the prompt (its prefix match); a
         prompt that does not open with it is simply decoded in full by the same match."""
-        system = messages[:1] if messages and messages[0].get("role") == "system" else []
-        if not system:
+        tokens = self.system_tokens(messages)
+        if not tokens:
             self._llm.reset()
             return 0
-        text = self._system_formatter(messages=system).prompt
-        tokens = self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
         if tokens != self.prefix_tokens:
             self._llm.reset()
             self._llm.eval(tokens)
@@ -185,10 +193,7 @@ class LlamaSession:
             if len(tokens) >= n_ctx:
                 raise PipelineError(f"{self.description}: request {i}: the prompt's {len(tokens)} tokens exceed "
                                     f"the context window ({n_ctx}) (raise evaluate.n_ctx)")
-        system = requests[0]["messages"][:1] if requests and requests[0]["messages"][0].get("role") == "system" \
-            else []
-        shared = (self._llm.tokenize(self._system_formatter(messages=system).prompt.encode("utf-8"), add_bos=True,
-                                     special=True) if system else [])
+        shared = self.system_tokens(requests[0]["messages"]) if requests else []
         if not all(p[:len(shared)] == shared for p in prompts):
             shared = []
         n_slots = max(1, min(parallel, len(requests)))
