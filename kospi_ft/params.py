@@ -34,6 +34,7 @@ class Section(BaseModel):
 class Paths(Section):
     """Every artifact path of the pipeline, declared once in params.yaml `paths:` (dvc.yaml reads them too)."""
 
+    params_check: Path
     market_dir: Path
     krx_source_dir: Path
     market_ingest: Path

@@ -1,8 +1,9 @@
 """The whole DVC workflow on the embedded default, driven through the real `dvc` CLI.
 
 One module-scoped fresh clone runs the README's pipeline command once; the tests then exercise what a DVC user
-does next: no-op repro, an experiment on dpo.beta, metrics show/diff, push/pull through the default local
-remote and an SSH remote, corruption detection on pull, and plots. Tests depend on each other's order.
+does next: no-op repro, an out edited in place, metrics show/diff, push/pull through the default local remote and
+an SSH remote, corruption detection on pull, a bad `-S` value and a deleted adapter that cost no retraining, an
+experiment on dpo.beta, and plots. Tests depend on each other's order.
 """
 from __future__ import annotations
 
@@ -25,16 +26,19 @@ pytestmark = pytest.mark.slow
 
 # Every stage of the graph, as `dvc repro` names them.
 ALL_STAGES = {
-    "market", "snapshots", "synthesize", "stage2_data", "dpo_pairs", "stage1_data", "base_model", "stage1", "stage2",
+    "params", "market", "snapshots", "synthesize", "stage2_data", "dpo_pairs", "stage1_data", "base_model", "stage1", "stage2",
     "stage3",
     "export@base", "export@stage2", "export@stage3", "evaluate@base", "evaluate@stage2", "evaluate@stage3",
     "compare",
 }
-# Stages whose only outputs are git-tracked metrics. In a fresh clone of a committed run their deps come back
-# byte-identical (every stage is deterministic), so DVC may rightly find them up to date and skip them.
-METRICS_ONLY = {"evaluate@base", "evaluate@stage2", "evaluate@stage3", "compare"}
+# Stages whose only outputs are git-tracked (metrics, the params check). In a fresh clone of a committed run their
+# deps come back byte-identical (every stage is deterministic), so DVC may rightly find them up to date and skip them.
+METRICS_ONLY = {"params", "evaluate@base", "evaluate@stage2", "evaluate@stage3", "compare"}
 # What a change of dpo.beta may rerun: Stage 3 and everything downstream of it, nothing else.
 DOWNSTREAM_OF_DPO = {"stage3", "export@stage3", "evaluate@stage3", "compare"}
+# The stage that validates every value of params.yaml: it runs whenever any value changes (one second, no output
+# that changes), so that a bad value fails before any stage's outs are removed.
+PARAMS_CHECK = {"params"}
 
 
 def ran(output: str) -> set[str]:
@@ -69,6 +73,21 @@ def test_fresh_clone_runs_every_stage_then_nothing(work):
     assert "up to date" in again.stdout
     status = dvc(work["clone"], "status")
     assert "up to date" in status.stdout
+
+
+def test_an_edit_in_place_of_an_out_never_reaches_the_cache(work):
+    """An out edited in place (here appended to, as `echo ... >> file` does; root ignores the read-only mode) shows
+    as modified, and `dvc checkout -f` brings back the bytes the run wrote: the cache object was not touched."""
+    clone = work["clone"]
+    out = clone / "data" / "synthetic" / "eval.jsonl"
+    original = out.read_bytes()
+    out.chmod(0o644)
+    with out.open("ab") as f:
+        f.write(b'{"x": 1}\n')
+    assert "modified" in dvc(clone, "status").stdout
+    dvc(clone, "checkout", "-f")
+    assert out.read_bytes() == original
+    assert "up to date" in dvc(clone, "status").stdout
 
 
 def test_metrics_show_puts_models_side_by_side(work):
@@ -250,12 +269,56 @@ def test_push_and_pull_through_an_ssh_remote(work, sshd, tmp_path):
     assert "up to date" in dvc(fourth, "status").stdout
 
 
+def test_a_bad_value_fails_before_any_out_is_removed_and_costs_no_rerun(work):
+    """A typo in `dvc exp run -S` (or in params.yaml) fails in the params stage, before DVC removes the outs of
+    the stage that reads the key: once it is fixed, `dvc repro` retrains nothing. Keys no stage lists (the preset
+    switch, the presets block) are validated the same way. (After the push test's commit: `dvc exp run` stashes
+    uncommitted changes and applies them again, and git may then miss a same-size rewrite of a tracked metrics
+    file within the same second, so the experiments here run on a committed workspace, as DVC advises.)"""
+    clone = work["clone"]
+    kept = [clone / "models" / "stage2" / "adapter_model.safetensors", clone / "metrics" / "train" / "stage2.json"]
+    before = [p.read_bytes() for p in kept]
+    for setting, message in [("stage2.lr=0", "stage2.lr"), ("preset=real", "preset: real"),
+                             ("presets.real.stage2.lr=fast", "presets.real.stage2")]:
+        r = dvc(clone, "exp", "run", "-S", setting, check=False)
+        assert r.returncode != 0, f"{setting} was accepted:\n{r.stdout[-2000:]}"
+        assert message in r.stdout + r.stderr, (setting, r.stdout[-2000:], r.stderr[-2000:])
+        assert ran(r.stdout) == PARAMS_CHECK, setting
+        git(clone, "checkout", "--", "params.yaml")
+        assert [p.read_bytes() for p in kept] == before, setting
+    # The same edit made by hand, then `dvc repro`.
+    shipped = (clone / "params.yaml").read_text(encoding="utf-8")
+    (clone / "params.yaml").write_text(shipped.replace("\npreset: embedded", "\npreset: real", 1), encoding="utf-8")
+    r = dvc(clone, "repro", check=False)
+    assert r.returncode != 0 and "preset: real" in r.stdout + r.stderr and ran(r.stdout) == PARAMS_CHECK
+    git(clone, "checkout", "--", "params.yaml")
+    assert [p.read_bytes() for p in kept] == before
+    r = dvc(clone, "repro")
+    assert ran(r.stdout) <= PARAMS_CHECK
+    assert "up to date" in dvc(clone, "status").stdout
+
+
+def test_a_deleted_adapter_whose_inputs_did_not_change_is_restored_not_retrained(work):
+    """`rm -rf models/stage1` (a stray delete): DVC's run cache holds the training stages (no `persist` outs), so
+    `dvc repro` checks the adapter and its metrics out again instead of training Stage 1 from step 0."""
+    clone = work["clone"]
+    adapter = clone / "models" / "stage1"
+    before = (adapter / "adapter_model.safetensors").read_bytes()
+    shutil.rmtree(adapter)
+    r = dvc(clone, "repro")
+    assert ran(r.stdout) == set(), r.stdout[-2000:]
+    assert "Stage 'stage1' is cached - skipping run" in r.stdout + r.stderr
+    assert (adapter / "adapter_model.safetensors").read_bytes() == before
+    assert "up to date" in dvc(clone, "status").stdout
+
+
 def test_exp_run_dpo_beta_reruns_only_stage3_and_downstream(work):
     clone = work["clone"]
     r = dvc(clone, "exp", "run", "-S", "dpo.beta=0.3", "--name", "beta03")
     stages = ran(r.stdout)
     assert "stage3" in stages
-    assert stages <= DOWNSTREAM_OF_DPO, f"reran more than Stage 3 and its downstream: {stages - DOWNSTREAM_OF_DPO}"
+    allowed = DOWNSTREAM_OF_DPO | PARAMS_CHECK
+    assert stages <= allowed, f"reran more than Stage 3 and its downstream: {stages - allowed}"
     shown = dvc(clone, "exp", "show", "--json")
     assert "beta03" in shown.stdout and "metrics/eval/stage3.json" in shown.stdout
 

@@ -199,8 +199,10 @@ def live_callback(live_dir: Path, resume: bool):
 
     This is what report_to="dvclive" does, minus dvclive's own DVC integration: that one runs `dvc init` in a repo
     without DVC, fails in a git repo without commits, and would add a second copy of our plots to dvc.yaml.
-    A resumed run keeps the interrupted run's curves (dvc.yaml marks them `persist`) up to the checkpoint it
-    resumes from, and continues them from there.
+    A resumed run writes the curves up to its checkpoint again from the checkpoint's own log history (the rows an
+    uninterrupted run would have), then continues them. So the curves need not survive the interrupted run: DVC
+    may delete them before rerunning the stage, and since they are not `persist` outs DVC's run cache holds the
+    stage, so a deleted adapter whose inputs did not change is restored instead of trained again.
     """
     from dvclive import Live
     from transformers import TrainerCallback
@@ -212,18 +214,23 @@ def live_callback(live_dir: Path, resume: bool):
     class _LiveCurves(TrainerCallback):
         def __init__(self):
             # Rank 0 alone writes the curves (another rank's Live would clean or append to the same files).
-            self.live = (_CurvesOnlyLive(dir=str(live_dir), resume=resume, dvcyaml=None, save_dvc_exp=False,
+            # A fresh dir every time (resume=False clears it): a resumed run replays its checkpoint's history.
+            self.live = (_CurvesOnlyLive(dir=str(live_dir), resume=False, dvcyaml=None, save_dvc_exp=False,
                                          report=None) if distributed.is_main() else None)
 
         def on_train_begin(self, args, state, control, **kwargs):
             if resume and self.live is not None:
-                # Rows past the checkpoint were logged by the interrupted run and are trained again now.
-                drop_curve_rows_after(live_dir, state.global_step)
+                # The Trainer loaded the checkpoint's state: every entry logged up to it, each with its step.
+                for entry in state.log_history:
+                    if entry.get("step", 0) <= state.global_step:
+                        self._log(entry.get("step", 0), entry, state)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if self.live is None or not logs:
-                return
-            self.live.step = state.global_step
+            if self.live is not None and logs:
+                self._log(state.global_step, logs, state)
+
+        def _log(self, step, logs, state):
+            self.live.step = step
             for key, value in logs.items():
                 if isinstance(value, (int, float)) and key not in ("epoch", "step") and not _not_a_curve(key):
                     self.live.log_metric(curve_name(key), value)
@@ -235,15 +242,6 @@ def live_callback(live_dir: Path, resume: bool):
                 self.live.end()
 
     return _LiveCurves()
-
-
-def drop_curve_rows_after(live_dir: Path, step: int) -> None:
-    """Keep only the rows up to `step` in every dvclive curve (`step<TAB>value` TSV files) under `live_dir`."""
-    for curve in Path(live_dir).rglob("*.tsv"):
-        header, *rows = curve.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [r for r in rows if r.split("\t", 1)[0].isdigit() and int(r.split("\t", 1)[0]) <= step]
-        if len(kept) != len(rows):
-            atomic.write_text(curve, header + "".join(kept))
 
 
 def curve_name(key: str) -> str:
