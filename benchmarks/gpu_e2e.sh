@@ -121,7 +121,6 @@ case $PHASE in
     python3 -c "import llama_cpp; print('gpu offload:', llama_cpp.llama_supports_gpu_offload())" | tee -a "$RES/gpu.txt"
     $E2E repro "$WORK" evaluate@base evaluate@stage3 compare --results "$RESULTS"
     compare_builds stage3 4
-    # The whole output in the logs: a failure's reason must come back with the call.
     gpu_tests
     ;;
   diag)

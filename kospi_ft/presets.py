@@ -114,15 +114,15 @@ def check(raw: Mapping, where: str = "params.yaml") -> None:
 
 
 def check_everything(raw: Mapping, where: str = "params.yaml") -> list[str]:
-    """Every section validated as it stands, both presets (`check`), and no key outside them: what the `params`
-    stage runs before any other, so a bad value fails before DVC removes a stage's outs. Returns the sections."""
+    """Every section validated as it stands and no key outside them, for `raw` as `params.read_raw` returns it
+    (which ran `check`: both presets and `preset:`): what the `params` stage runs before any other, so a bad value
+    fails before DVC removes a stage's outs. Returns the sections."""
     models = section_models()
     unknown = sorted(set(raw) - set(models) - {"preset", BLOCK})
     if unknown:
         raise ParamsError(f"{where}: {', '.join(unknown)}: no such section (sections: {list(models)}; `preset` "
                           f"and `{BLOCK}` hold the presets)")
     params.preset_of(raw)
-    check(raw, where)
     for section, model in models.items():
         try:
             model.model_validate(params.section_values(raw, section))

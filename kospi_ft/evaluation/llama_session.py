@@ -52,8 +52,12 @@ class LlamaSession:
         # Always the GGUF's own template: llama-cpp-python would otherwise swap in a built-in format whenever
         # the template happens to look like one it knows.
         self._llm.chat_format = GGUF_TEMPLATE_FORMAT
+        # The whole prompt as create_chat_completion renders it (generate_many tokenizes it itself).
+        special = lambda token: self._llm.detokenize([token], special=True).decode("utf-8") if token >= 0 else ""
+        self._formatter = Jinja2ChatFormatter(template=self._llm.metadata["tokenizer.chat_template"],
+                                              eos_token=special(self._llm.token_eos()),
+                                              bos_token=special(self._llm.token_bos()))
         # The same template without the assistant header: renders the system turn alone, as the prompt opens.
-        self._formatter = None  # the whole prompt's (generate_many), made on first use
         self._system_formatter = Jinja2ChatFormatter(
             template=self._llm.metadata["tokenizer.chat_template"], eos_token="", bos_token="",
             add_generation_prompt=False)
@@ -136,13 +140,6 @@ class LlamaSession:
 
     def prompt_tokens(self, messages: list[Message]) -> list[int]:
         """`messages` as `create_chat_completion` tokenizes them: the GGUF's template with the generation prompt."""
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        if self._formatter is None:
-            special = lambda token: self._llm.detokenize([token], special=True).decode("utf-8") if token >= 0 else ""
-            self._formatter = Jinja2ChatFormatter(template=self._llm.metadata["tokenizer.chat_template"],
-                                                  eos_token=special(self._llm.token_eos()),
-                                                  bos_token=special(self._llm.token_bos()))
         result = self._formatter(messages=messages)
         return self._llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
 
@@ -237,7 +234,7 @@ class LlamaSession:
                     start = min(len(shared), len(prompts[i]) - 1)
                     llama_cpp.llama_memory_seq_rm(memory, seq, start, -1)
                     schema = requests[i].get("schema")
-                    slots[seq] = _Slot(index=i, ids=list(prompts[i]), pending=list(prompts[i][start:]), pos=start,
+                    slots[seq] = _Slot(index=i, pending=list(prompts[i][start:]), pos=start,
                                        budget=min(max_new_tokens, n_ctx - len(prompts[i])),
                                        guide=None if schema is None else self._processor(schema),
                                        t0=time.perf_counter())
@@ -260,12 +257,11 @@ class LlamaSession:
                 slot = slots[seq]
                 scores = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(n_vocab,)).copy()
                 if slot.guide is not None:
-                    scores = slot.guide(slot.ids, scores)
+                    scores = slot.guide(prompts[slot.index] + slot.generated, scores)  # all it has seen
                 token = int(np.argmax(scores))
                 done = llama_cpp.llama_vocab_is_eog(vocab, token)
                 if not done:
                     slot.generated.append(token)
-                    slot.ids.append(token)
                     slot.pending = [token]
                     done = len(slot.generated) >= slot.budget
                 if done:
@@ -289,7 +285,6 @@ class LlamaSession:
 class _Slot:
     """One request being answered in a batch sequence."""
     index: int
-    ids: list[int]                # prompt + reply so far (what a guide sees)
     pending: list[int]            # tokens still to decode for this sequence
     pos: int                      # the position of pending[0]
     budget: int                   # reply tokens allowed
