@@ -17,7 +17,8 @@
 #                                       # parallel vs one at a time, evaluate@base, the GPU tests
 #   bash benchmarks/gpu_e2e.sh tests    # the gpu-marked evaluation test alone
 #   bash benchmarks/gpu_e2e.sh bench    # Stage 2 / Stage 1 layouts vs the raw unsloth loop; gpu_verify.sh smoke
-#   LAYOUT_PART=1|2|3 bash benchmarks/gpu_e2e.sh layout  # train.layout auto vs the recipe, uncapped, 24 and 16 GiB
+#   LAYOUT_PART=1|2|3|4|5 bash benchmarks/gpu_e2e.sh layout  # train.layout auto vs the recipe, uncapped, 24 and 16
+#                                       # GiB; 5: where Stage 2's time goes at 24 GiB
 # Wheels, where pip works: `bash benchmarks/gpu_wheels.sh train` for train and bench, `bash benchmarks/gpu_wheels.sh
 # eval` for export, evaluate and diag; carry [".whl"] (bench, after train on the same machine, runs on either set). Each set holds the llama-cpp-python sdist (.whl/sdist/).
 # Results: $OUT/h200-7b-real-e2e.jsonl (one JSON line per stage, written as each step ends), $OUT/gpu.txt, and the
@@ -244,6 +245,14 @@ case $PHASE in
       step $A --seq 4096
       step $AUTO $S2 --layout recipe
       for cap in ${LAYOUT_CAPS:-24 16}; do step $AUTO $S2 --cap $cap; done
+    elif [ "$LAYOUT_PART" = 5 ]; then
+      # Where Stage 2's time goes at 24 GiB (micro-batch 1 without recompute, 10 steps): profiled as it trains, with
+      # a single-document row collated as a plain row, and without the per-micro-batch device syncs.
+      step $A --seq 4096
+      P="$AUTO $S2 --cap 24 --micro-batch 1 --checkpointing off --steps 10"
+      step $P --profile
+      step $P --variant single-doc-rows --profile
+      step $P --variant no-syncs
     elif [ "$LAYOUT_PART" = 4 ]; then
       # A short re-check: Stage 2 at 16 GiB (its adapter feeds DPO), then DPO auto at LAYOUT_CAPS (default 24).
       step $AUTO $S2 --cap 16 --adapter-out /tmp/layout-s2
