@@ -248,11 +248,13 @@ case $PHASE in
     elif [ "$LAYOUT_PART" = 5 ]; then
       # Where Stage 2's time goes at 24 GiB (micro-batch 1 without recompute, 10 steps): profiled as it trains, with
       # a single-document row collated as a plain row, and without the per-micro-batch device syncs.
+      # Then DPO auto at 24 GiB (recompute with as many layers keeping their activations as fit).
       step $A --seq 4096
       P="$AUTO $S2 --cap 24 --micro-batch 1 --checkpointing off --steps 10"
-      step $P --profile
+      step $P --profile --adapter-out /tmp/layout-s2
       step $P --variant single-doc-rows --profile
-      step $P --variant no-syncs
+      [ "$SECONDS" -lt 420 ] && step $AUTO $DP --cap 24
+      [ "$SECONDS" -lt 470 ] && step $P --variant no-syncs
     elif [ "$LAYOUT_PART" = 4 ]; then
       # A short re-check: Stage 2 at 16 GiB (its adapter feeds DPO), then DPO auto at LAYOUT_CAPS (default 24).
       step $AUTO $S2 --cap 16 --adapter-out /tmp/layout-s2

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 
-def build_tiny_hf(out: Path):
-    """The embedded base model's architecture at its smallest allowed size (1 layer), saved like models/base.
-    Returns (dir, tokenizer)."""
+def build_tiny_hf(out: Path, layers: int = 1):
+    """The embedded base model's architecture at its smallest allowed size (1 layer, or `layers`), saved like
+    models/base. Returns (dir, tokenizer)."""
     from kospi_ft.base_model import TinyShape, build_tiny_model
     from kospi_ft.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer()
-    model = build_tiny_model(TinyShape(hidden_size=256, intermediate_size=256, num_hidden_layers=1), 0, tokenizer)
+    model = build_tiny_model(TinyShape(hidden_size=256, intermediate_size=256, num_hidden_layers=layers), 0, tokenizer)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out, tokenizer

@@ -101,6 +101,41 @@ def test_a_run_resumed_with_another_layout_ends_where_the_uninterrupted_one_does
     assert [(r["from_step"], r["micro_batch"], r["grad_accum"]) for r in config["layouts"]] == [(0, 1, 4), (2, 4, 1)]
 
 
+def test_kept_layers_skip_the_recompute_and_learn_the_same(tmp_path):
+    """hf backend with recompute on (CPU): with one of a two-layer model's decoder layers keeping its activations,
+    that layer runs one forward per micro-batch and the other two (its recompute in the backward); losses and
+    adapter equal those of the run without recompute and of the run recomputing both."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from model_fixtures import build_tiny_hf
+
+    base_dir = str(build_tiny_hf(tmp_path / "base", layers=2)[0])
+    data = load_conversations(FIXTURES / "stage1.jsonl")
+    runs = {}
+    for name, layout in (("off", Layout(1, 4, "off", "pinned")), ("all", Layout(1, 4, "on", "pinned")),
+                         ("kept", Layout(1, 4, "on", "pinned", kept_layers=1))):
+        trainer = build_sft_trainer(SFTParams(**SFT), model_name=base_dir, backend="hf", load_in_4bit=True,
+                                    data=data, init_adapter=None, paths=run_paths(tmp_path / name, "s"),
+                                    layout=layout)
+        decoder = [m for m in trainer.model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        calls = [0] * len(decoder)
+        for i, layer in enumerate(decoder):
+            # A pre-hook: a recompute stops as soon as it has what the backward needs, before a forward hook.
+            layer.register_forward_pre_hook(lambda module, args, i=i: calls.__setitem__(i, calls[i] + 1))
+        trainer.train()
+        adapter = {k: v.detach().clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
+        runs[name] = (calls, [h["loss"] for h in trainer.state.log_history if "loss" in h], adapter)
+    micro_batches = runs["off"][0][0]
+    assert micro_batches >= 3 and runs["off"][0] == [micro_batches, micro_batches]
+    assert runs["all"][0] == [2 * micro_batches, 2 * micro_batches]
+    assert runs["kept"][0] == [2 * micro_batches, micro_batches]  # layer 1 keeps its activations (as unsloth picks)
+    for name in ("all", "kept"):
+        assert runs[name][1] == pytest.approx(runs["off"][1], rel=1e-6)
+        for k, v in runs["off"][2].items():
+            assert torch.allclose(runs[name][2][k], v, rtol=1e-5, atol=1e-7), (name, k)
+    assert runs["off"][1][0] != runs["off"][1][-1]  # the steps moved the loss
+
+
 # --- choosing a layout --------------------------------------------------------------------------------------
 
 SEVEN_B = SimpleNamespace(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
@@ -133,18 +168,49 @@ def test_auto_prefers_no_recompute_at_the_largest_micro_batch_that_fits():
     at_24 = auto(seven_b(2048), 24, rows=16)
     assert (at_24[0].checkpointing, at_24[0].micro_batch) == ("off", 2)
     assert at_24[0].predicted_peak_gib <= 22
-    # Falling back walks down the micro-batch, then switches to unsloth's recompute, largest micro-batch first.
-    assert [(x.checkpointing, x.micro_batch) for x in at_24][1:3] == [("off", 1), ("unsloth", 16)]
-    # Stage 2 at seq 4096 in 16 GiB: no recompute-free layout fits; the largest unsloth micro-batch that does.
+    # Falling back walks down the micro-batch, then to unsloth's recompute at larger micro-batches, keeping the
+    # activations of as many layers as fit (fewer the larger the micro-batch), in the speed model's order.
+    assert [(x.checkpointing, x.micro_batch, x.kept_layers) for x in at_24][1:5] == [
+        ("off", 1, 0), ("unsloth", 4, 12), ("unsloth", 8, 5), ("unsloth", 16, 1)]
+    assert all(x.predicted_peak_gib <= 24 * layouts.FILL for x in at_24[:5])
+    # Stage 2 at seq 4096 in 16 GiB: no recompute-free layout fits; recompute with 13 of 28 layers keeping theirs.
     at_16 = auto(seven_b(4096), 16, rows=8)
-    assert at_16[0].checkpointing == "unsloth" and at_16[0].predicted_peak_gib <= 16 * layouts.FILL
+    assert (at_16[0].checkpointing, at_16[0].micro_batch, at_16[0].kept_layers) == ("unsloth", 1, 13)
+    assert at_16[0].predicted_peak_gib <= 16 * layouts.FILL
     assert all(x.micro_batch * x.grad_accum == 8 for x in at_16)
+
+
+def test_dpo_at_24_gib_recomputes_only_the_layers_that_do_not_fit():
+    """DPO (chosen + rejected, a frozen reference adapter) fits no recompute-free layout in 24 GiB; today's recipe
+    recomputes all 28 layers. Auto keeps 12 layers' activations at one pair per micro-batch: predicted 1.14x."""
+    shape = layouts.model_shape(SEVEN_B, tokens_per_row=2 * 4096, load_in_4bit=True, lora_rank=32, lora_modules=ALL,
+                                adapters=2)
+    options = layouts.candidates(rows=8, batch_size=1, setup=TrainSetup(layout="auto"), backend="unsloth", cuda=True,
+                                 shape=shape, budget=24 * GIB, micro_batch=None, checkpointing=None)
+    first, recipe = options[0], options[-1]
+    assert (first.checkpointing, first.micro_batch, first.kept_layers) == ("unsloth", 1, 12)
+    assert (recipe.chosen_by, recipe.checkpointing, recipe.kept_layers) == ("recipe", "unsloth", 0)
+    speedup = shape.relative_speed(1, "unsloth", 12) / shape.relative_speed(1, "unsloth", 0)
+    assert speedup == pytest.approx(1.14, abs=0.01)
+    # Keeping one more layer would not fit; the recompute-free layout does not either.
+    usable = 24 * GIB * layouts.FILL - layouts.RESERVE_GIB * GIB
+    assert shape.predicted_peak(1, "unsloth", 12) <= usable < shape.predicted_peak(1, "unsloth", 13)
+    assert shape.predicted_peak(1, "off") > usable
+
+
+def test_kept_layers_are_spread_as_unsloth_spreads_them():
+    assert layouts.kept_layer_indices(28, 0) == []
+    assert layouts.kept_layer_indices(28, 4) == [6, 13, 20, 27]
+    assert layouts.kept_layer_indices(2, 1) == [1]
+    assert layouts.kept_layer_indices(28, 28) == list(range(28))
 
 
 def test_pins_win_and_bad_pins_name_the_key():
     pinned = auto(seven_b(2048), 139, rows=16, checkpointing="unsloth")
     assert {x.checkpointing for x in pinned} == {"unsloth"} and pinned[0].chosen_by == "pinned"
-    assert [x.micro_batch for x in auto(seven_b(2048), 139, rows=16, micro_batch=4)] == [4, 4]
+    assert all(x.kept_layers == 0 for x in pinned)  # a pinned checkpointing recomputes every layer
+    assert [(x.micro_batch, x.checkpointing) for x in auto(seven_b(2048), 139, rows=16, micro_batch=4)] == [
+        (4, "off")]  # no recompute where every activation fits
     with pytest.raises(ParamsError, match=r"stage1\.micro_batch is 3.*\[16, 8, 4, 2, 1\]"):
         layouts.candidates(rows=16, batch_size=2, setup=TrainSetup(layout="auto"), micro_batch=3,
                            checkpointing=None, backend="unsloth", cuda=True, where="stage1.")
@@ -157,83 +223,88 @@ def test_pins_win_and_bad_pins_name_the_key():
     assert recipe == [Layout(2, 8, "off", "recipe")]
 
 
-def test_an_out_of_memory_at_the_probe_falls_back_one_notch_and_rebuilds_only_for_a_new_checkpointing():
+def fake_trainers(built: list):
+    """A build function recording the (checkpointing, kept layers) of each model it builds."""
+    def build(layout):
+        built.append((layout.checkpointing, layout.kept_layers))
+        return SimpleNamespace(args=SimpleNamespace(), model=None, model_wrapped=None)
+
+    return build
+
+
+def test_an_out_of_memory_at_the_probe_falls_back_one_notch_and_rebuilds_only_for_a_new_model():
+    """Stage 1 at 24 GiB: off at 2 and 1 run out of memory, unsloth's recompute at 4 (12 layers kept) fits. The
+    next notch with a larger micro-batch is its rival; out of memory too, so the first one trains unraced."""
     options = auto(seven_b(2048), 24, rows=16)
     built, probed = [], []
 
-    def build(layout):
-        built.append(layout.checkpointing)
-        return SimpleNamespace(args=SimpleNamespace(), model=None, model_wrapped=None)
-
     def probe(trainer, micro_batch):
         probed.append((trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps))
-        if len(probed) < 3:
+        if len(probed) < 3 or micro_batch > 4:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return layouts.Probe(9.5, micro_batch * 2048)
 
-    trainer, chosen = layouts.fit(build, options, probe=probe)
-    assert probed == [(2, 8), (1, 16), (16, 1)]
-    assert built == ["off", "unsloth"]
-    assert (chosen.checkpointing, chosen.micro_batch, chosen.fallbacks, chosen.probe_peak_gib) == \
-        ("unsloth", 16, 2, 9.5)
-    assert chosen.rival is None  # nothing to race: the recompute-free layouts did not fit
+    trainer, chosen = layouts.fit(fake_trainers(built), options, probe=probe)
+    # The race's first timed probe of the winner, then the rival's (out of memory), then the winner rebuilt.
+    assert probed == [(2, 8), (1, 16), (4, 4), (4, 4), (8, 2)]
+    assert built == [("off", 0), ("unsloth", 12), ("unsloth", 5), ("unsloth", 12)]
+    assert (chosen.checkpointing, chosen.micro_batch, chosen.kept_layers, chosen.fallbacks, chosen.probe_peak_gib) \
+        == ("unsloth", 4, 12, 3, 9.5)
+    assert chosen.rival is None and trainer.args.per_device_train_batch_size == 4
 
     def never(trainer, micro_batch):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
     # Every probe out of memory: today's recipe trains, unprobed (auto never stops what the recipe would train).
     assert options[-1] == Layout(2, 8, "unsloth", "recipe", budget_gib=24.0)
-    trainer, chosen = layouts.fit(build, options, probe=never)
+    trainer, chosen = layouts.fit(fake_trainers([]), options, probe=never)
     assert (chosen.micro_batch, chosen.checkpointing, chosen.chosen_by) == (2, "unsloth", "recipe")
     assert chosen.fallbacks == len(options) - 1 and trainer.args.per_device_train_batch_size == 2
     # A pinned layout has no recipe to fall back to: its out-of-memory is the error.
     pinned = auto(seven_b(2048), 24, rows=16, checkpointing="unsloth")
     assert all(x.chosen_by == "pinned" for x in pinned)
     with pytest.raises(PipelineError, match="out of GPU memory at micro_batch 1 with checkpointing unsloth"):
-        layouts.fit(build, pinned, probe=never)
+        layouts.fit(fake_trainers([]), pinned, probe=never)
 
     def broken(trainer, micro_batch):
         raise ValueError("a bug, not memory")
 
     with pytest.raises(ValueError, match="a bug"):
-        layouts.fit(build, options, probe=broken)
+        layouts.fit(fake_trainers([]), options, probe=broken)
 
 
 @pytest.mark.parametrize("recompute_faster", [False, True])
 def test_recompute_at_a_larger_micro_batch_is_raced_against_the_recompute_free_winner(recompute_faster):
-    """Stage 1 at 24 GiB: off fits micro-batch 2, unsloth's recompute 16. Each gets one more, timed probe step and
-    the faster trains; an unsloth notch that runs out of memory in the race falls back as usual."""
+    """Stage 1 at 24 GiB: off fits micro-batch 2; unsloth's recompute fits 4 with 12 layers kept. Each gets one
+    more, timed probe step and the faster trains."""
     options = auto(seven_b(2048), 24, rows=16)
-    # Seconds per probe step: off x2 (4,096 tokens) and unsloth x8 (16,384 tokens).
-    seconds = {("off", 2): 0.30, ("unsloth", 8): 1.0 if recompute_faster else 1.5}
+    # Seconds per probe step: off x2 (4,096 tokens) and unsloth x4 (8,192 tokens).
+    seconds = {("off", 2): 0.30, ("unsloth", 4): 0.55 if recompute_faster else 0.70}
     now, built, probed = [0.0], [], []
 
-    def build(layout):
-        built.append(layout.checkpointing)
-        return SimpleNamespace(args=SimpleNamespace(), model=None, model_wrapped=None)
-
     def probe(trainer, micro_batch):
-        mode = built[-1]
+        mode = built[-1][0]
         probed.append((mode, micro_batch))
-        if (mode, micro_batch) == ("unsloth", 16):
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
         now[0] += seconds[mode, micro_batch]
         return layouts.Probe(5.0, micro_batch * 2048)
 
-    trainer, chosen = layouts.fit(build, options, probe=probe, clock=lambda: now[0])
-    assert probed == [("off", 2), ("off", 2), ("unsloth", 16), ("unsloth", 8), ("unsloth", 8)]
-    off_speed, unsloth_speed = round(4096 / 0.30), round(16384 / seconds["unsloth", 8])
-    if recompute_faster:  # 16,384 tok/s against 13,653: the trainer built for the race trains
-        assert built == ["off", "unsloth"]
-        assert (chosen.checkpointing, chosen.micro_batch, chosen.grad_accum) == ("unsloth", 8, 2)
+    trainer, chosen = layouts.fit(fake_trainers(built), options, probe=probe, clock=lambda: now[0])
+    assert probed == [("off", 2), ("off", 2), ("unsloth", 4), ("unsloth", 4)]
+    off_speed, unsloth_speed = round(4096 / 0.30), round(8192 / seconds["unsloth", 4])
+    if recompute_faster:  # 14,895 tok/s against 13,653: the trainer built for the race trains
+        assert built == [("off", 0), ("unsloth", 12)]
+        assert (chosen.checkpointing, chosen.micro_batch, chosen.grad_accum, chosen.kept_layers) == \
+            ("unsloth", 4, 4, 12)
         assert chosen.probe_tokens_per_s == unsloth_speed
-        assert chosen.rival == {"micro_batch": 2, "checkpointing": "off", "probe_tokens_per_s": off_speed}
-    else:  # 10,923 tok/s: off wins and is built again
-        assert built == ["off", "unsloth", "off"]
+        assert chosen.rival == {"micro_batch": 2, "checkpointing": "off", "kept_layers": 0,
+                                "probe_tokens_per_s": off_speed}
+    else:  # 11,703 tok/s: off wins and is built again
+        assert built == [("off", 0), ("unsloth", 12), ("off", 0)]
         assert (chosen.checkpointing, chosen.micro_batch, chosen.grad_accum) == ("off", 2, 8)
         assert chosen.probe_tokens_per_s == off_speed
-        assert chosen.rival == {"micro_batch": 8, "checkpointing": "unsloth", "probe_tokens_per_s": unsloth_speed}
-    assert chosen.fallbacks == 1 and trainer.args.per_device_train_batch_size == chosen.micro_batch
+        assert chosen.rival == {"micro_batch": 4, "checkpointing": "unsloth", "kept_layers": 12,
+                                "probe_tokens_per_s": unsloth_speed}
+    assert chosen.fallbacks == 0 and trainer.args.per_device_train_batch_size == chosen.micro_batch
 
 
 def test_the_probe_step_leaves_weights_gradients_and_rng_as_they_were(base_dir, tmp_path):

@@ -167,15 +167,18 @@ def load_base(name: str, backend: Resolved, max_seq_length: int, load_in_4bit: b
     return model, tokenizer
 
 
-def attach_lora(model, lora: LoraParams, backend: Resolved, seed: int, checkpointing: str = "unsloth"):
-    """A fresh LoRA adapter (B = 0, so the model starts exactly as the base); unsloth applies `checkpointing`."""
+def attach_lora(model, lora: LoraParams, backend: Resolved, seed: int, checkpointing: str = "unsloth",
+                kept_layers: int = 0):
+    """A fresh LoRA adapter (B = 0, so the model starts exactly as the base); unsloth applies `checkpointing`, with
+    `kept_layers` decoder layers keeping their activations instead of recomputing them."""
     if backend == "unsloth":
         from unsloth import FastLanguageModel
 
         return FastLanguageModel.get_peft_model(
             model, r=lora.lora_rank, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout, bias="none",
             target_modules=list(lora.target_modules),
-            use_gradient_checkpointing=UNSLOTH_CHECKPOINTING[checkpointing], random_state=seed)
+            use_gradient_checkpointing=UNSLOTH_CHECKPOINTING[checkpointing], random_state=seed,
+            checkpoint_skip_layers=kept_layers)
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -187,8 +190,9 @@ def attach_lora(model, lora: LoraParams, backend: Resolved, seed: int, checkpoin
 
 
 def load_adapter(model, adapter_dir: Path, backend: Resolved, trainable: bool = True,
-                 checkpointing: str = "unsloth"):
-    """Load a saved adapter onto `model`; trainable=True continues training it (Stage 2 on Stage 1, DPO on Stage 2)."""
+                 checkpointing: str = "unsloth", kept_layers: int = 0):
+    """Load a saved adapter onto `model`; trainable=True continues training it (Stage 2 on Stage 1, DPO on Stage 2).
+    `checkpointing`, `kept_layers`: as attach_lora's."""
     from peft import PeftModel
 
     if not (Path(adapter_dir) / "adapter_config.json").is_file():
@@ -202,6 +206,11 @@ def load_adapter(model, adapter_dir: Path, backend: Resolved, trainable: bool = 
         # base model through plain PEFT layers (slower, more memory).
         model = FastLanguageModel.patch_peft_model(
             model, use_gradient_checkpointing=UNSLOTH_CHECKPOINTING[checkpointing])
+        if kept_layers:
+            # What get_peft_model(checkpoint_skip_layers=K) runs after patch_peft_model.
+            from unsloth.models._utils import skip_checkpointing
+
+            skip_checkpointing(model, kept_layers)
     return model
 
 

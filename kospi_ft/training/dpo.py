@@ -89,7 +89,8 @@ def build_dpo_trainer(params: DPOParams, *, model_name: str, backend: str, load_
     layout = layout or recipe_layout(params, backend)
     model, tokenizer = backends.load_base(model_name, backend, params.max_seq_length, load_in_4bit, revision,
                                           checkpointing=layout.checkpointing)
-    model = backends.load_adapter(model, stage2_adapter, backend, trainable=True, checkpointing=layout.checkpointing)
+    model = backends.load_adapter(model, stage2_adapter, backend, trainable=True, checkpointing=layout.checkpointing,
+                                  kept_layers=layout.kept_layers)
     args = DPOConfig(
         **trainer_arguments(params, backend, paths.checkpoint_dir, evaluate=bool(eval_data), layout=layout),
         beta=params.beta,
@@ -100,7 +101,8 @@ def build_dpo_trainer(params: DPOParams, *, model_name: str, backend: str, load_
     # ref_model=None with a PeftModel: TRL adds the frozen `ref` adapter copied from `default` (see module doc).
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(data),
                          eval_dataset=Dataset.from_list(eval_data) if eval_data else None, processing_class=tokenizer,
-                         callbacks=training_callbacks(params, paths.live_dir, resume, callbacks))
+                         callbacks=training_callbacks(params, paths.live_dir, resume, callbacks)
+                         + layouts.layout_callbacks(layout, backend))
     return trainer
 
 

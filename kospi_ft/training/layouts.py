@@ -13,11 +13,13 @@ between a run and its resume (tests/test_layouts.py shows equal losses and adapt
   produce) before training. An out-of-memory there falls back one notch on its own; after the last notch comes
   today's recipe, unprobed, so auto never stops a stage that the recipe would have trained. Without recomputation a QLoRA
   step costs ~4N FLOPs per token instead of ~6N: measured 1.41-1.56x unsloth's recipe on an H200 (issue table in
-  README). Order of the notches: checkpointing off at the largest micro-batch that divides the effective batch, down
-  to 1, then the backend's checkpointing, again from the largest micro-batch. When recomputation fits a larger
-  micro-batch than the recompute-free winner, the two are raced: one more timed probe step each, and the faster
-  one trains (H200, Stage 2 at 24 GiB: off fits only micro-batch 1, where the GPU is underfed).
-- A stage's `micro_batch` / `checkpointing` pin the layout and win over both.
+  README). The notches: at each micro-batch that divides the effective batch, checkpointing off if it fits, else the
+  backend's checkpointing with as many layers as fit keeping their activations (`kept_layers`: those skip the
+  recompute; unsloth's checkpoint_skip_layers), tried in the order of a speed model (`Shape.relative_speed`). When a
+  later notch has a larger micro-batch than the winner, the two are raced: one more timed probe step each, and the
+  faster one trains (H200, Stage 2 at 24 GiB: off fits only micro-batch 1).
+- A stage's `micro_batch` / `checkpointing` pin the layout and win over both; a pinned checkpointing recomputes every
+  layer.
 """
 from __future__ import annotations
 
@@ -53,6 +55,12 @@ BYTES_PER_UNIT_RECOMPUTE = 13.5
 # evaluation forward and optimizer temporaries. At a 24 GiB cap this keeps the predicted peak at or below ~21.6 GiB.
 FILL = 0.92
 RESERVE_GIB = 0.5
+# The speed model that orders the notches (same card, same runs): unsloth's recompute costs 0.41-0.42 of a step
+# without it (14,939 / 10,563 tok/s at micro-batch 2, 16,444 / 11,551 at 8), prorated over the layers that recompute;
+# and a micro-batch of t tokens feeds the GPU t / (t + 560) of its best (off at 4,096 / 8,192 / 16,384 tokens:
+# 14,939 / 16,052 / 16,444 tok/s).
+RECOMPUTE_COST = 0.41
+FEED_TOKENS = 560
 
 
 class TrainSetup(LaunchParams):
@@ -77,6 +85,7 @@ class Layout:
     fallbacks: int = 0  # notches given up after an out-of-memory at the probe
     probe_tokens_per_s: float | None = None  # the timed probe step, when two layouts were raced
     rival: dict | None = None  # the raced layout that lost: micro_batch, checkpointing, probe_tokens_per_s
+    kept_layers: int = 0  # with checkpointing unsloth|on: decoder layers that keep their activations (no recompute)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -111,15 +120,29 @@ class Shape:
     intermediate: int
     weights_bytes: float  # base weights as loaded + the trainable adapter, its gradients and optimizer state
 
-    def activation_bytes_per_token(self, checkpointing: str) -> float:
+    def activation_bytes_per_token(self, checkpointing: str, kept_layers: int = 0) -> float:
         unit = self.hidden + self.intermediate
         if checkpointing == "off":
             return BYTES_PER_LAYER_UNIT_OFF * self.layers * unit
-        on_gpu_inputs = 2 * self.layers * self.hidden if checkpointing == "on" else 0
-        return BYTES_PER_UNIT_RECOMPUTE * unit + on_gpu_inputs
+        recomputed = self.layers - kept_layers
+        on_gpu_inputs = 2 * recomputed * self.hidden if checkpointing == "on" else 0
+        return BYTES_PER_UNIT_RECOMPUTE * unit + BYTES_PER_LAYER_UNIT_OFF * kept_layers * unit + on_gpu_inputs
 
-    def predicted_peak(self, micro_batch: int, checkpointing: str) -> float:
-        return self.weights_bytes + micro_batch * self.tokens_per_row * self.activation_bytes_per_token(checkpointing)
+    def predicted_peak(self, micro_batch: int, checkpointing: str, kept_layers: int = 0) -> float:
+        return self.weights_bytes + micro_batch * self.tokens_per_row * self.activation_bytes_per_token(
+            checkpointing, kept_layers)
+
+    def most_kept_layers(self, micro_batch: int, checkpointing: str, usable: float) -> int:
+        """The most layers (fewer than all) that may keep their activations under recompute within `usable`
+        bytes; 0 when even a whole recompute does not fit."""
+        fits = [k for k in range(self.layers) if self.predicted_peak(micro_batch, checkpointing, k) <= usable]
+        return max(fits, default=0)
+
+    def relative_speed(self, micro_batch: int, checkpointing: str, kept_layers: int = 0) -> float:
+        """Tokens/s relative to a large micro-batch without recompute (the speed model above)."""
+        tokens = micro_batch * self.tokens_per_row
+        recomputed = 0 if checkpointing == "off" else self.layers - kept_layers
+        return tokens / (tokens + FEED_TOKENS) / (1 + RECOMPUTE_COST * recomputed / self.layers)
 
 
 def model_shape(config, *, tokens_per_row: int, load_in_4bit: bool, lora_rank: int, lora_modules,
@@ -190,12 +213,18 @@ def candidates(*, rows: int, batch_size: int, setup: TrainSetup, micro_batch: in
     usable = budget * FILL - RESERVE_GIB * GIB
     chosen_by = "pinned" if pinned else "auto"
     fitting, rest = [], []
-    for mode in modes:
-        for m in sizes:
-            peak = shape.predicted_peak(m, mode)
+    for m in sizes:
+        for mode in modes:
+            if mode != "off" and shape.predicted_peak(m, "off") <= usable and "off" in modes:
+                continue  # every activation fits: no recompute at this micro-batch
+            # auto's recompute keeps as many layers' activations as fit; a pinned checkpointing recomputes them all
+            kept = shape.most_kept_layers(m, mode, usable) if mode != "off" and checkpointing is None else 0
+            peak = shape.predicted_peak(m, mode, kept)
             layout = Layout(m, rows // m, mode, chosen_by, predicted_peak_gib=round(peak / GIB, 2),
-                            budget_gib=round(budget / GIB, 2))
+                            budget_gib=round(budget / GIB, 2), kept_layers=kept)
             (fitting if peak <= usable else rest).append(layout)
+    # Fastest first by the speed model (stable: at equal speed the larger micro-batch, then off).
+    fitting.sort(key=lambda x: -shape.relative_speed(x.micro_batch, x.checkpointing, x.kept_layers))
     # Nothing predicted to fit: still probe the smallest layout (the model may be pessimistic).
     options = fitting or rest[-1:]
     if not pinned:
@@ -303,6 +332,35 @@ def apply(trainer, layout: Layout) -> None:
     trainer.args.per_device_eval_batch_size = layout.micro_batch
 
 
+def kept_layer_indices(layers: int, kept: int) -> list[int]:
+    """Which decoder layers keep their activations: `kept` of `layers`, evenly spaced, as unsloth's
+    skip_checkpointing picks them."""
+    return [(k + 1) * layers // kept - 1 for k in range(kept)] if kept else []
+
+
+def layout_callbacks(layout: Layout, backend: str) -> list:
+    """What the Trainer needs to run `layout` beyond its arguments: on the hf backend, the kept layers (unsloth
+    keeps them from the adapter's attachment on, see backends.attach_lora)."""
+    if backend == "hf" and layout.checkpointing == "on" and layout.kept_layers:
+        return [keep_activations_callback(layout.kept_layers)]
+    return []
+
+
+def keep_activations_callback(kept: int):
+    """A TrainerCallback for the hf backend: the Trainer switches recompute on for every decoder layer when training
+    starts (gradient_checkpointing_enable); this then lets `kept` of them keep their activations."""
+    from transformers import TrainerCallback
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    class KeepActivations(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            decoder = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+            for i in kept_layer_indices(len(decoder), kept):
+                decoder[i].gradient_checkpointing = False
+
+    return KeepActivations()
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     import torch
 
@@ -338,16 +396,17 @@ def _reset_unsloth_buffers() -> None:
 
 
 class _Built:
-    """The trainer of one checkpointing mode; a layout of another mode rebuilds it (unsloth applies checkpointing
-    when the adapter is attached), a layout that only changes the micro-batch reuses it."""
+    """The trainer of one checkpointing mode and kept layers; a layout with others rebuilds it (unsloth applies
+    checkpointing when the adapter is attached), a layout that only changes the micro-batch reuses it."""
 
     def __init__(self, build: Callable[[Layout], object]):
         self.build, self.trainer, self.mode = build, None, None
 
     def get(self, layout: Layout):
-        if self.trainer is None or layout.checkpointing != self.mode:
+        mode = (layout.checkpointing, layout.kept_layers)
+        if self.trainer is None or mode != self.mode:
             self.drop()
-            self.trainer, self.mode = self.build(layout), layout.checkpointing
+            self.trainer, self.mode = self.build(layout), mode
         apply(self.trainer, layout)
         return self.trainer
 
@@ -376,9 +435,8 @@ def _probe(probe, trainer, layout: Layout) -> Probe | None:
 def fit(build: Callable[[Layout], object], layouts: list[Layout], probe=probe_step, clock=time.perf_counter):
     """Build the trainer for the first layout whose probe step fits; returns (trainer, layout that runs).
 
-    If a layout of the other checkpointing mode fits a larger micro-batch, the first one of those that fits is
-    raced against it (a second, timed probe step each; the first one compiles and warms the kernels) and the
-    faster one runs."""
+    If a later notch has a larger micro-batch, the first of those is raced against it (a second, timed probe step
+    each; the first one compiles and warms the kernels) and the faster one runs."""
     built = _Built(build)
     first = layouts[0]
     if first.chosen_by == "recipe" or (first.chosen_by == "pinned" and len(layouts) == 1):
@@ -412,8 +470,8 @@ def fit(build: Callable[[Layout], object], layouts: list[Layout], probe=probe_st
         raise PipelineError(f"out of GPU memory at micro_batch {last.micro_batch} with checkpointing "
                             f"{last.checkpointing} ({last.budget_gib} GiB usable): lower max_seq_length, or free "
                             f"the GPU")
-    rivals = [x for x in layouts[n + 1:] if x.chosen_by != "recipe"
-              and x.checkpointing != winner.checkpointing and x.micro_batch > winner.micro_batch]
+    # One rival: the next notch with a larger micro-batch (each one tried costs a rebuild of the model).
+    rivals = [x for x in layouts[n + 1:] if x.chosen_by != "recipe" and x.micro_batch > winner.micro_batch][:1]
     if rivals:
         winner_speed = speed(winner)
         _, rival = first_fit(rivals)
@@ -423,12 +481,13 @@ def fit(build: Callable[[Layout], object], layouts: list[Layout], probe=probe_st
                 winner, rival, winner_speed, rival_speed = rival, winner, rival_speed, winner_speed
             winner = dataclasses.replace(winner, rival={
                 "micro_batch": rival.micro_batch, "checkpointing": rival.checkpointing,
-                "probe_tokens_per_s": round(rival_speed)})
+                "kept_layers": rival.kept_layers, "probe_tokens_per_s": round(rival_speed)})
         winner = dataclasses.replace(winner, probe_tokens_per_s=round(winner_speed))
     layout = dataclasses.replace(winner, fallbacks=gave_up)
     trainer = built.get(layout)
-    log.info("layout: micro_batch %d x grad_accum %d, checkpointing %s (%s; probe peak %.1f GiB, predicted "
-             "%.1f of %.1f GiB%s)", layout.micro_batch, layout.grad_accum, layout.checkpointing, layout.chosen_by,
+    log.info("layout: micro_batch %d x grad_accum %d, checkpointing %s%s (%s; probe peak %.1f GiB, predicted "
+             "%.1f of %.1f GiB%s)", layout.micro_batch, layout.grad_accum, layout.checkpointing,
+             f", {layout.kept_layers} layers keep their activations" if layout.kept_layers else "", layout.chosen_by,
              layout.probe_peak_gib or 0, layout.predicted_peak_gib or 0, layout.budget_gib or 0,
              "" if layout.rival is None else
              f"; {layout.probe_tokens_per_s:.0f} tok/s against {layout.rival['probe_tokens_per_s']} tok/s at "

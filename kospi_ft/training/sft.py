@@ -103,9 +103,10 @@ def build_sft_trainer(params: SFTParams, *, model_name: str, backend: str, load_
             log.warning("lora_rank=%s ignored: continuing the adapter in %s, which has rank %s",
                         params.lora_rank, init_adapter, found.get("r"))
         model = backends.load_adapter(model, init_adapter, backend, trainable=True,
-                                      checkpointing=layout.checkpointing)
+                                      checkpointing=layout.checkpointing, kept_layers=layout.kept_layers)
     else:
-        model = backends.attach_lora(model, params, backend, params.seed, checkpointing=layout.checkpointing)
+        model = backends.attach_lora(model, params, backend, params.seed, checkpointing=layout.checkpointing,
+                                     kept_layers=layout.kept_layers)
 
     args = SFTConfig(
         **trainer_arguments(params, backend, paths.checkpoint_dir, evaluate=bool(eval_data), layout=layout),
@@ -117,7 +118,8 @@ def build_sft_trainer(params: SFTParams, *, model_name: str, backend: str, load_
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(data),
                          eval_dataset=Dataset.from_list(eval_data) if eval_data else None, processing_class=tokenizer,
-                         callbacks=training_callbacks(params, paths.live_dir, resume, callbacks))
+                         callbacks=training_callbacks(params, paths.live_dir, resume, callbacks)
+                         + layouts.layout_callbacks(layout, backend))
     if params.packing_strategy == "wrapped":
         # The Trainer builds its dataloader from train_dataset and data_collator at train(), after TRL prepared
         # (tokenized, packed and shuffled) the data here in __init__.
