@@ -17,8 +17,8 @@
 #                                       # parallel vs one at a time, evaluate@base, the GPU tests
 #   bash benchmarks/gpu_e2e.sh tests    # the gpu-marked evaluation test alone
 #   bash benchmarks/gpu_e2e.sh bench    # Stage 2 / Stage 1 layouts vs the raw unsloth loop; gpu_verify.sh smoke
-#   LAYOUT_PART=1|2|3|4|5 bash benchmarks/gpu_e2e.sh layout  # train.layout auto vs the recipe, uncapped, 24 and 16
-#                                       # GiB; 5: where Stage 2's time goes at 24 GiB
+#   LAYOUT_PART=1..6 bash benchmarks/gpu_e2e.sh layout  # train.layout auto vs the recipe, uncapped, 24 and 16 GiB;
+#                                       # 5: Stage 2 at 24 / 16 GiB, profiled; 6: DPO at 24 / 16 GiB with its recipe
 # Wheels, where pip works: `bash benchmarks/gpu_wheels.sh train` for train and bench, `bash benchmarks/gpu_wheels.sh
 # eval` for export, evaluate and diag; carry [".whl"] (bench, after train on the same machine, runs on either set). Each set holds the llama-cpp-python sdist (.whl/sdist/).
 # Results: $OUT/h200-7b-real-e2e.jsonl (one JSON line per stage, written as each step ends), $OUT/gpu.txt, and the
@@ -246,15 +246,19 @@ case $PHASE in
       step $AUTO $S2 --layout recipe
       for cap in ${LAYOUT_CAPS:-24 16}; do step $AUTO $S2 --cap $cap; done
     elif [ "$LAYOUT_PART" = 5 ]; then
-      # Where Stage 2's time goes at 24 GiB (micro-batch 1 without recompute, 10 steps): profiled as it trains, with
-      # a single-document row collated as a plain row, and without the per-micro-batch device syncs.
-      # Then DPO auto at 24 GiB (recompute with as many layers keeping their activations as fit).
+      # Stage 2 with recompute limited to the layers that do not fit (kept_layers): its anchor, auto at 24 GiB
+      # profiled (steps 3-4 left out of its rate), micro-batch 1 without recompute with a single-document row
+      # collated as a plain row, auto at 16 GiB.
       step $A --seq 4096
-      P="$AUTO $S2 --cap 24 --micro-batch 1 --checkpointing off --steps 10"
-      step $P --profile --adapter-out /tmp/layout-s2
-      step $P --variant single-doc-rows --profile
-      [ "$SECONDS" -lt 420 ] && step $AUTO $DP --cap 24
-      [ "$SECONDS" -lt 470 ] && step $P --variant no-syncs
+      step $AUTO $S2 --cap 24 --steps 9 --profile --adapter-out /tmp/layout-s2
+      step $AUTO $S2 --cap 24 --steps 9 --micro-batch 1 --checkpointing off --variant single-doc-rows --profile
+      [ "$SECONDS" -lt 420 ] && step $AUTO $S2 --cap 16
+    elif [ "$LAYOUT_PART" = 6 ]; then
+      # DPO's recipe and auto at 24 / 16 GiB in one call (recompute limited to the layers that do not fit).
+      [ -f /tmp/layout-s2/adapter_config.json ] || step $AUTO $S2 --steps 1 --adapter-out /tmp/layout-s2
+      step $AUTO $DP --layout recipe
+      step $AUTO $DP --cap 24
+      [ "$SECONDS" -lt 400 ] && step $AUTO $DP --cap 16
     elif [ "$LAYOUT_PART" = 4 ]; then
       # A short re-check: Stage 2 at 16 GiB (its adapter feeds DPO), then DPO auto at LAYOUT_CAPS (default 24).
       step $AUTO $S2 --cap 16 --adapter-out /tmp/layout-s2

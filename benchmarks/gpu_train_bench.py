@@ -305,6 +305,8 @@ def bench_auto(args) -> dict:
     if per_pair is not None:  # DPO: the Trainer counts no input_ids; the pairs of each step, in sampler order
         clock.tokens = [rows * statistics.mean(per_pair)] * len(clock.times)
     warm = min(2, len(clock.times) - 1)
+    if profiler is not None and len(clock.times) > 4:
+        warm = 4  # the profiled steps (3-4) are left out too: tracing slows them
     tok_s = sum(clock.tokens[warm:]) / sum(clock.times[warm:])
     out = {"bench": "auto_layout", "stage": args.stage, "backend": backend, "memory_cap_gib": args.cap,
            "layout_mode": args.layout, "layout": layout.as_dict(), "seq": params.max_seq_length,
@@ -480,6 +482,8 @@ def bench_auto(args) -> dict:
     if per_pair is not None:  # DPO: the Trainer counts no input_ids; the pairs of each step, in sampler order
         clock.tokens = [rows * statistics.mean(per_pair)] * len(clock.times)
     warm = min(2, len(clock.times) - 1)
+    if profiler is not None and len(clock.times) > 4:
+        warm = 4  # the profiled steps (3-4) are left out too: tracing slows them
     tok_s = sum(clock.tokens[warm:]) / sum(clock.times[warm:])
     out = {"bench": "auto_layout", "stage": args.stage, "backend": backend, "memory_cap_gib": args.cap,
            "layout_mode": args.layout, "layout": layout.as_dict(), "seq": params.max_seq_length,
@@ -836,7 +840,8 @@ def parser() -> argparse.ArgumentParser:
     auto.add_argument("--checkpointing", choices=("unsloth", "on", "off"), help="pin the layout's checkpointing")
     auto.add_argument("--variant", choices=("none", "no-syncs", "single-doc-rows"),
                       help="a diagnostic change to the built trainer (see apply_variant)")
-    auto.add_argument("--profile", action="store_true", help="torch.profiler over steps 3-4: GPU busy share, top ops")
+    auto.add_argument("--profile", action="store_true",
+                      help="torch.profiler over steps 3-4 (left out of tokens_per_s): GPU busy share, top ops")
     sub.add_parser("attn", help="which attention kernels unsloth and torch's SDPA would use here")
     rows = sub.add_parser("auto-rows", help="auto runs against their anchors: the h200-7b-auto-layout.jsonl rows")
     rows.add_argument("file")
