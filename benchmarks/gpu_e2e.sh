@@ -17,8 +17,9 @@
 #                                       # parallel vs one at a time, evaluate@base, the GPU tests
 #   bash benchmarks/gpu_e2e.sh tests    # the gpu-marked evaluation test alone
 #   bash benchmarks/gpu_e2e.sh bench    # Stage 2 / Stage 1 layouts vs the raw unsloth loop; gpu_verify.sh smoke
-#   LAYOUT_PART=1..6 bash benchmarks/gpu_e2e.sh layout  # train.layout auto vs the recipe, uncapped, 24 and 16 GiB;
-#                                       # 5: Stage 2 at 24 / 16 GiB, profiled; 6: DPO at 24 / 16 GiB with its recipe
+#   LAYOUT_PART=1..7 bash benchmarks/gpu_e2e.sh layout  # train.layout auto vs the recipe, uncapped, 24 and 16 GiB;
+#                                       # 5: Stage 2 at 24 / 16 GiB, profiled; 6: DPO at 24 / 16 GiB with its
+#                                       # recipe; 7: Stage 2 at 16 GiB
 # Wheels, where pip works: `bash benchmarks/gpu_wheels.sh train` for train and bench, `bash benchmarks/gpu_wheels.sh
 # eval` for export, evaluate and diag; carry [".whl"] (bench, after train on the same machine, runs on either set). Each set holds the llama-cpp-python sdist (.whl/sdist/).
 # Results: $OUT/h200-7b-real-e2e.jsonl (one JSON line per stage, written as each step ends), $OUT/gpu.txt, and the
@@ -259,6 +260,9 @@ case $PHASE in
       step $AUTO $DP --layout recipe
       step $AUTO $DP --cap 24
       [ "$SECONDS" -lt 400 ] && step $AUTO $DP --cap 16
+    elif [ "$LAYOUT_PART" = 7 ]; then
+      # Stage 2 auto at 16 GiB alone, 9 steps.
+      step $AUTO $S2 --cap 16 --steps 9
     elif [ "$LAYOUT_PART" = 4 ]; then
       # A short re-check: Stage 2 at 16 GiB (its adapter feeds DPO), then DPO auto at LAYOUT_CAPS (default 24).
       step $AUTO $S2 --cap 16 --adapter-out /tmp/layout-s2
