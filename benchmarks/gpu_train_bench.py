@@ -12,6 +12,8 @@ SFTTrainer, packing, assistant-only loss, the project's backend setup) and print
   python benchmarks/gpu_train_bench.py ratio FILE.jsonl        # pipeline / anchor tokens/s and memory
   python benchmarks/gpu_train_bench.py auto --stage stage2 --backend unsloth --model /tmp/m7b --cap 24 \
       --data data/stage2/train.jsonl                            # train.layout auto under a 24 GiB cap
+  python benchmarks/gpu_train_bench.py auto --stage stage2 ... --cap 24 --micro-batch 1 --checkpointing off \
+      --variant single-doc-rows --profile                      # a pinned layout, a diagnostic variant, profiled
   python benchmarks/gpu_train_bench.py auto-rows FILE.jsonl    # auto runs vs their anchors
 
 Conversations are generated with lengths spread so that best-fit packing has work to do; tokens/s counts the
@@ -328,15 +330,11 @@ def bench_auto(args) -> dict:
 
 
 def apply_variant(trainer, variant: str | None) -> None:
-    """Diagnostic variants of a built trainer: `no-syncs` drops the two per-micro-batch device syncs (token count,
-    NaN filter); `single-doc-rows` collates a micro-batch of one single-document packed row as a plain row (no
-    padding-free keys), the layout of the raw loop's batches."""
+    """Diagnostic variants of a built trainer: `single-doc-rows` collates a micro-batch of one single-document packed
+    row as a plain row (no padding-free keys), the layout of the raw loop's batches."""
     if variant in (None, "none"):
         return
-    if variant == "no-syncs":
-        trainer.args.include_num_input_tokens_seen = "no"
-        trainer.args.logging_nan_inf_filter = False
-    elif variant == "single-doc-rows":
+    if variant == "single-doc-rows":
         import dataclasses
 
         packed = trainer.data_collator
@@ -415,182 +413,6 @@ def step_profiler(first: int, last: int):
                     "top_self_device_ms": top("self_device_time_total")}
 
     return StepProfiler()
-
-
-def real_section(name: str, overrides: dict) -> dict:
-    """The real preset's `name` section (params.yaml), with `overrides`."""
-    import yaml  # PyYAML (a transformers dependency): the GPU image has no ruamel
-
-    from kospi_ft import presets
-
-    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text(encoding="utf-8"))
-    return {**presets.applied(raw, "real")[name], **overrides}
-
-
-def bench_auto(args) -> dict:
-    """One training stage of the real preset under train.layout (`--layout auto|recipe`) and a memory cap
-    (`--cap` GiB, train.memory_limit_gib): the layout it ran, tokens/s over the steady steps, peak memory, losses.
-    Stage 1 and 2 count the non-pad tokens of each step; DPO the prompt + chosen and prompt + rejected tokens of its
-    pairs."""
-    from kospi_ft.training import backends
-
-    backend = backends.prepare_backend(args.backend)
-    from kospi_ft.training.layouts import TrainSetup
-
-    setup = TrainSetup(layout=args.layout, memory_limit_gib=args.cap)
-    overrides = {"epochs": 1, "max_steps": args.steps, "save_steps": 10_000, "logging_steps": 1}
-    for flag, key in (("seq", "max_seq_length"), ("bs", "batch_size"), ("grad_accum", "grad_accum"),
-                      ("micro_batch", "micro_batch"), ("checkpointing", "checkpointing")):
-        if getattr(args, flag) is not None:
-            overrides[key] = getattr(args, flag)
-    tmp = Path(tempfile.mkdtemp())
-    clock = step_clock()
-    reset_peak()
-    t0 = time.perf_counter()
-    if args.stage == "dpo":
-        from kospi_ft.training import dpo
-
-        section = real_section("dpo", overrides)
-        params = dpo.DPOParams.model_validate({k: v for k, v in section.items() if k in dpo.DPOParams.model_fields})
-        data = dpo.load_pairs(Path(args.data))[:args.records] if args.data else pairs(args.records, 1)
-        trainer = dpo.build_fitted(params, setup=setup, model_name=args.model, backend=backend, load_in_4bit=True,
-                                   data=data, stage2_adapter=Path(args.adapter), paths=run_paths(tmp, "dpo"),
-                                   callbacks=[clock])
-        from kospi_ft.training.layouts import dpo_lengths
-
-        per_pair = [2 * p + c + r for p, c, r in zip(*dpo_lengths(trainer.train_dataset))]
-    else:
-        from kospi_ft.training import sft
-
-        section = real_section(args.stage, overrides)
-        params = sft.SFTParams.model_validate({k: v for k, v in section.items() if k in sft.SFTParams.model_fields})
-        data = sft.load_conversations(Path(args.data))[:args.records] if args.data else conversations(args.records, 0)
-        trainer = sft.build_fitted(params, stage=args.stage, setup=setup, model_name=args.model, backend=backend,
-                                   load_in_4bit=True, data=data, init_adapter=None, paths=run_paths(tmp, "sft"),
-                                   callbacks=[clock])
-        per_pair = None
-    load_s = time.perf_counter() - t0
-    apply_variant(trainer, args.variant)
-    items = record_num_items(trainer)
-    profiler = step_profiler(3, 4) if args.profile else None
-    if profiler is not None:
-        trainer.add_callback(profiler)
-    reset_peak()  # the training steps' peak, not the probe's
-    result = trainer.train()
-    layout = trainer.layout
-    rows = layout.micro_batch * layout.grad_accum
-    if per_pair is not None:  # DPO: the Trainer counts no input_ids; the pairs of each step, in sampler order
-        clock.tokens = [rows * statistics.mean(per_pair)] * len(clock.times)
-    warm = min(2, len(clock.times) - 1)
-    if profiler is not None and len(clock.times) > 4:
-        warm = 4  # the profiled steps (3-4) are left out too: tracing slows them
-    tok_s = sum(clock.tokens[warm:]) / sum(clock.times[warm:])
-    out = {"bench": "auto_layout", "stage": args.stage, "backend": backend, "memory_cap_gib": args.cap,
-           "layout_mode": args.layout, "layout": layout.as_dict(), "seq": params.max_seq_length,
-           "effective_batch": params.batch_size * params.grad_accum, "load_s": round(load_s, 1),
-           "tokens_per_s": round(tok_s), "step_s_median": round(statistics.median(clock.times[warm:]), 3),
-           "peak_gib": peak_gib("allocated"), "peak_reserved_gib": peak_gib("reserved"),
-           "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
-           "train_loss": round(result.training_loss, 4), "step_times": [round(x, 3) for x in clock.times],
-           "variant": args.variant,
-           "num_items_in_batch": [None if n is None else int(n) for n in items], "dynamo": dynamo_counters(),
-           "gpu": device_name()}
-    if profiler is not None:
-        out["profile"] = profiler.summary()
-    if args.adapter_out:
-        from kospi_ft.training.common import save_adapter
-
-        save_adapter(trainer.model, trainer.processing_class, Path(args.adapter_out), {"bench": "auto"})
-    return out
-
-
-def apply_variant(trainer, variant: str | None) -> None:
-    """Diagnostic variants of a built trainer: `no-syncs` drops the two per-micro-batch device syncs (token count,
-    NaN filter); `single-doc-rows` collates a micro-batch of one single-document packed row as a plain row (no
-    padding-free keys), the layout of the raw loop's batches."""
-    if variant in (None, "none"):
-        return
-    if variant == "no-syncs":
-        trainer.args.include_num_input_tokens_seen = "no"
-        trainer.args.logging_nan_inf_filter = False
-    elif variant == "single-doc-rows":
-        import dataclasses
-
-        packed = trainer.data_collator
-        plain = dataclasses.replace(packed, padding_free=False, return_position_ids=False)
-
-        def collate(examples):
-            if len(examples) == 1 and len(examples[0].get("seq_lengths") or [0]) == 1:
-                return plain(examples)
-            return packed(examples)
-
-        trainer.data_collator = collate
-    else:
-        raise SystemExit(f"unknown --variant {variant}")
-
-
-def record_num_items(trainer) -> list:
-    """The num_items_in_batch the Trainer hands compute_loss on each training micro-batch (None: each micro-batch's
-    loss is its own mean, and a layout change would reweight the tokens)."""
-    seen: list = []
-    compute = trainer.compute_loss
-
-    def recording(model, inputs, *a, **kw):
-        if model.training and len(seen) < 4:
-            seen.append(kw.get("num_items_in_batch"))  # read after training: no device sync here
-        return compute(model, inputs, *a, **kw)
-
-    trainer.compute_loss = recording
-    return seen
-
-
-def dynamo_counters() -> dict:
-    """torch.compile's frame and recompile counts so far (a new row length can recompile a compiled region)."""
-    try:
-        from torch._dynamo.utils import counters
-    except ImportError:
-        return {}
-    return {k: dict(counters[k]) for k in ("frames", "stats", "recompiles") if k in counters}
-
-
-class StepProfiler:
-    """torch.profiler over optimizer steps first..last (1-based): wall time, GPU kernel time and the top ops."""
-
-    def __init__(self, first: int, last: int):
-        import torch
-        from transformers import TrainerCallback
-
-        self.first, self.last = first, last
-        self.prof = torch.profiler.profile(activities=list(torch.profiler.supported_activities()))
-        self.wall = 0.0
-        self._t = 0.0
-        # A TrainerCallback by duck typing: the Trainer calls on_* methods it finds.
-        self.__class__ = type("StepProfilerCallback", (StepProfiler, TrainerCallback), {})
-
-    def on_step_begin(self, args, state, control, **kw):
-        if state.global_step + 1 == self.first:
-            sync()
-            self.prof.__enter__()
-            self._t = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kw):
-        if state.global_step == self.last:
-            sync()
-            self.wall = time.perf_counter() - self._t
-            self.prof.__exit__(None, None, None)
-
-    def summary(self) -> dict:
-        table = self.prof.key_averages()
-        kernel_us = sum(e.self_device_time_total for e in table if e.device_type.name == "CUDA")
-
-        def top(key: str, n: int = 12) -> list:
-            rows = sorted(table, key=lambda e: getattr(e, key), reverse=True)[:n]
-            return [[e.key[:70], round(getattr(e, key) / 1e3, 1), e.count] for e in rows]
-
-        return {"steps": [self.first, self.last], "wall_s": round(self.wall, 3),
-                "gpu_kernel_s": round(kernel_us / 1e6, 3),
-                "gpu_busy": round(kernel_us / 1e6 / self.wall, 3) if self.wall else None,
-                "top_self_cpu_ms": top("self_cpu_time_total"), "top_self_device_ms": top("self_device_time_total")}
 
 
 def auto_rows(args) -> None:
@@ -838,7 +660,7 @@ def parser() -> argparse.ArgumentParser:
     auto.add_argument("--grad-accum", type=int, help="default: the real preset's grad_accum of the stage")
     auto.add_argument("--micro-batch", type=int, help="pin the layout's micro-batch")
     auto.add_argument("--checkpointing", choices=("unsloth", "on", "off"), help="pin the layout's checkpointing")
-    auto.add_argument("--variant", choices=("none", "no-syncs", "single-doc-rows"),
+    auto.add_argument("--variant", choices=("none", "single-doc-rows"),
                       help="a diagnostic change to the built trainer (see apply_variant)")
     auto.add_argument("--profile", action="store_true",
                       help="torch.profiler over steps 3-4 (left out of tokens_per_s): GPU busy share, top ops")

@@ -62,7 +62,14 @@ def test_gpu_train_bench_modes_run_on_the_cpu(tiny, tmp_path):
     [auto1] = run(BENCH, "auto", *common, "--stage", "stage1", "--records", 16, "--cap", 20, *small,
                   "--adapter-out", tmp_path / "a2")
     assert auto1["layout"]["micro_batch"] * auto1["layout"]["grad_accum"] == 2 and auto1["tokens_per_s"] > 0
-    [auto2] = run(BENCH, "auto", *common, "--stage", "stage2", "--data", data, "--records", 12, *small)
+    # A pinned layout, a single-document row collated as a plain row, profiled steps 3-4 (left out of the rate).
+    [auto2] = run(BENCH, "auto", *common, "--stage", "stage2", "--data", data, "--records", 12, *small,
+                  "--steps", 5, "--micro-batch", 1, "--checkpointing", "off", "--variant", "single-doc-rows",
+                  "--profile")
+    assert (auto2["layout"]["chosen_by"], auto2["variant"]) == ("pinned", "single-doc-rows")
+    assert len(auto2["step_times"]) == 5
+    assert auto2["profile"]["steps"] == [3, 4] and auto2["profile"]["wall_s"] > 0
+    assert len(auto2["num_items_in_batch"]) == 4 and all(n > 0 for n in auto2["num_items_in_batch"])
     [auto3] = run(BENCH, "auto", *common, "--stage", "dpo", "--adapter", tmp_path / "a2", "--records", 8,
                   "--layout", "recipe", "--seq", 1024, "--bs", 1, "--grad-accum", 2, "--steps", 2)
     assert auto3["layout"]["chosen_by"] == "recipe" and auto3["tokens_per_s"] > 0 and len(auto3["losses"]) == 2
