@@ -122,7 +122,6 @@ def check_everything(raw: Mapping, where: str = "params.yaml") -> list[str]:
     if unknown:
         raise ParamsError(f"{where}: {', '.join(unknown)}: no such section (sections: {list(models)}; `preset` "
                           f"and `{BLOCK}` hold the presets)")
-    params.preset_of(raw)
     for section, model in models.items():
         try:
             model.model_validate(params.section_values(raw, section))

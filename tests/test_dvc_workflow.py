@@ -26,8 +26,8 @@ pytestmark = pytest.mark.slow
 
 # Every stage of the graph, as `dvc repro` names them.
 ALL_STAGES = {
-    "params", "market", "snapshots", "synthesize", "stage2_data", "dpo_pairs", "stage1_data", "base_model", "stage1", "stage2",
-    "stage3",
+    "params", "market", "snapshots", "synthesize", "stage2_data", "dpo_pairs", "stage1_data", "base_model",
+    "stage1", "stage2", "stage3",
     "export@base", "export@stage2", "export@stage3", "evaluate@base", "evaluate@stage2", "evaluate@stage3",
     "compare",
 }
